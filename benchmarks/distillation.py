@@ -1,0 +1,108 @@
+"""Does distillation help? Each tier's student trained with the teacher (KD) and alone, on the same seeds.
+
+    python benchmarks/distillation.py [--tiers lowend ...] [--seeds 1 2 3] [extra overrides...]
+
+Writes benchmarks/results/distillation.{json,md}.
+"""
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from machine import describe
+from tierkit.cli.train import CONFIG_DIR, train
+from tierkit.utils.noise import silence_known_noise
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run(tier: str, seed: int, kd: bool, out: Path, extra: list[str]) -> dict:
+    overrides = [
+        f"tier={tier}",
+        f"seed={seed}",
+        f"paths.output_dir={out}",
+        "~callbacks.progress",
+        *([] if kd else ["experiment=no_kd"]),
+        *extra,
+    ]
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    return train(cfg)
+
+
+def spread(values: list[float]) -> str:
+    mean = 100 * statistics.mean(values)
+    sd = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.2f} ± {sd:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiers", nargs="+", default=["highend", "midrange", "lowend"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
+    args = parser.parse_args()
+    silence_known_noise()
+    print(describe(), flush=True)
+    rows, started = [], time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tierkit-kd-") as tmp:
+        for tier in args.tiers:
+            results = {"kd": [], "alone": []}
+            for seed in args.seeds:
+                for mode in results:
+                    metrics = run(tier, seed, mode == "kd", Path(tmp) / f"{tier}-{mode}-{seed}", args.overrides)
+                    results[mode].append(metrics)
+                    accuracy = 100 * metrics["student"]["test_acc"]
+                    print(f"{tier} seed {seed} {mode}: test acc {accuracy:.2f}%", flush=True)
+            student, teacher = results["kd"][0]["student"], results["kd"][0]["teacher"]
+            kd_acc = [m["student"]["test_acc"] for m in results["kd"]]
+            alone_acc = [m["student"]["test_acc"] for m in results["alone"]]
+            rows.append(
+                {
+                    "tier": tier,
+                    "student_params": student["params"],
+                    "student_macs": student["macs"],
+                    "teacher_params": teacher["params"],
+                    "teacher_macs": teacher["macs"],
+                    "teacher_test_acc": teacher["test_acc"],
+                    "kd_test_acc": kd_acc,
+                    "alone_test_acc": alone_acc,
+                    "kd_agreement": [m["student"]["agreement"] for m in results["kd"]],
+                }
+            )
+    lines = [
+        f"Machine: {describe()}",
+        f"Command: python benchmarks/distillation.py --tiers {' '.join(args.tiers)} --seeds "
+        f"{' '.join(map(str, args.seeds))} {' '.join(args.overrides)}".rstrip(),
+        "",
+        "| tier | student params | student MACs | teacher test acc "
+        "| student + KD (%) | student alone (%) | KD gain (points) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        gain = 100 * (statistics.mean(row["kd_test_acc"]) - statistics.mean(row["alone_test_acc"]))
+        lines.append(
+            f"| {row['tier']} | {row['student_params']:,} | {row['student_macs']:,} | "
+            f"{100 * row['teacher_test_acc']:.2f}% | {spread(row['kd_test_acc'])} | {spread(row['alone_test_acc'])} | "
+            f"{gain:+.2f} |"
+        )
+    teacher = rows[0]
+    lines += [
+        "",
+        f"Teacher: {teacher['teacher_params']:,} params, {teacher['teacher_macs']:,} MACs. "
+        f"Mean ± sample standard deviation over seeds {', '.join(map(str, args.seeds))} (the same seeds with and "
+        f"without KD); {len(args.seeds) * len(args.tiers) * 2} runs in {time.perf_counter() - started:.0f} s.",
+    ]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "distillation.json").write_text(json.dumps({"machine": describe(), "rows": rows}, indent=2) + "\n")
+    (RESULTS / "distillation.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

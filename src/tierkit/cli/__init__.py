@@ -1,0 +1,1 @@
+"""Command-line entry points (train.py and export.py at the repository root call these)."""

@@ -1,0 +1,162 @@
+"""`python train.py`: one Hydra run trains (or loads) the teacher, then distils the tier's student."""
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+import tierkit.utils.resolvers  # noqa: F401  (registers the config resolvers)
+from tierkit.distill import DistillationModule
+from tierkit.distill.module import check_distill_settings
+from tierkit.distill.teacher import obtain_teacher
+from tierkit.errors import TierkitError
+from tierkit.models.build import build_model, model_name
+from tierkit.utils.files import write_json
+from tierkit.utils.instantiate import instantiate, instantiate_callbacks, instantiate_loggers
+from tierkit.utils.model_stats import model_stats
+from tierkit.utils.noise import silence_known_noise
+from tierkit.utils.report import print_run_summary
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "conf")
+# What a checkpoint was trained on; resuming takes these from the checkpoint, the rest from the command line.
+MODEL_DEFINING_SECTIONS = ("data", "model", "distill", "teacher", "tier")
+
+
+def find_last_checkpoint(cfg: DictConfig) -> Path:
+    """The newest last.ckpt under the run and sweep folders, other than this run's own."""
+    root = Path(cfg.paths.root_dir)
+    own = Path(cfg.paths.output_dir).resolve()
+    candidates = [
+        p
+        for folder in ("outputs", "multirun")
+        for p in (root / folder).glob("**/checkpoints/last.ckpt")
+        if own not in p.resolve().parents
+    ]
+    if not candidates:
+        raise TierkitError(
+            f"ckpt_path=last, but no checkpoints/last.ckpt exists under {root / 'outputs'} or {root / 'multirun'}",
+            where="ckpt_path",
+            fix="train a run first, or pass the path of a checkpoint file",
+        )
+    return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def resolve_resume(cfg: DictConfig) -> tuple[str | None, DictConfig]:
+    """Turn ``ckpt_path`` into a file and rebuild the model-defining config from that checkpoint."""
+    if not cfg.get("ckpt_path"):
+        return None, cfg
+    path = find_last_checkpoint(cfg) if cfg.ckpt_path == "last" else Path(cfg.ckpt_path).expanduser()
+    if not path.is_file():
+        raise TierkitError(f"checkpoint {path} does not exist", where="ckpt_path", fix="pass an existing .ckpt file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        saved = checkpoint["tierkit"]["config"]
+    except Exception as exc:
+        raise TierkitError(
+            f"{path} is not a tierkit training checkpoint ({type(exc).__name__}: {exc})",
+            where="ckpt_path",
+            fix="pass checkpoints/last.ckpt or best.ckpt from a tierkit run folder",
+        ) from exc
+    with open_dict(cfg):
+        for section in MODEL_DEFINING_SECTIONS:
+            if section in saved:
+                cfg[section] = saved[section]
+        cfg.ckpt_path = str(path)
+    log.info("Resuming from %s (data, model, distillation and tier settings taken from it)", path)
+    return str(path), cfg
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run the whole recipe for one config and return the metrics written to metrics.json."""
+    started = time.perf_counter()
+    ckpt_path, cfg = resolve_resume(cfg)
+    check_distill_settings(**cfg.distill)
+    datamodule: L.LightningDataModule = instantiate(cfg.data, where="data")
+    datamodule.setup()
+
+    teacher, teacher_info = None, {}
+    if cfg.distill.alpha > 0:
+        teacher, teacher_info = obtain_teacher(cfg, datamodule)
+
+    L.seed_everything(cfg.seed, workers=True)
+    student = build_model(cfg.model.student, datamodule.input_shape, datamodule.num_classes, where="model.student")
+    module = DistillationModule(
+        student=student,
+        num_classes=datamodule.num_classes,
+        optimizer=instantiate(cfg.optimizer, where="optimizer"),
+        scheduler=instantiate(cfg.scheduler, where="scheduler") if cfg.get("scheduler") else None,
+        teacher=teacher,
+        **cfg.distill,
+    )
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, where="trainer", callbacks=callbacks, logger=loggers)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(module.run_config)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+    # Read both paths now: restoring best.ckpt for testing also restores the callback's older state.
+    best_path = checkpoint.best_model_path if checkpoint else ""
+    last_path = checkpoint.last_model_path if checkpoint else ""
+    best_score = checkpoint.best_model_score if checkpoint else None
+    test = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)[0]
+
+    metrics = {
+        "tier": cfg.tier.name,
+        "seed": cfg.seed,
+        "epochs": trainer.current_epoch,
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "student": {
+            "architecture": model_name(cfg.model.student),
+            "test_acc": test["test/acc"],
+            "val_acc_best": float(best_score) if best_score is not None else None,
+            "agreement": test.get("test/agreement"),
+            **model_stats(student, datamodule.input_shape),
+        },
+        "checkpoints": {"best": best_path, "last": last_path},
+    }
+    if teacher is not None:
+        metrics["teacher"] = {
+            "architecture": model_name(cfg.model.teacher),
+            "test_acc": test.get("test/teacher_acc"),
+            "source": teacher_info.get("path"),
+            **model_stats(teacher, datamodule.input_shape),
+        }
+    if trainer.is_global_zero:
+        write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+        print_run_summary(metrics)
+    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+        import wandb
+
+        wandb.finish()
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns ``optimized_metric`` for sweepers."""
+    silence_known_noise()
+    try:
+        metrics = train(cfg)
+    except TierkitError as exc:
+        log.error("%s", exc.render())
+        sys.exit(2)
+    metric_name = cfg.get("optimized_metric")
+    return OmegaConf.select(OmegaConf.create(metrics), metric_name) if metric_name else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""LightningDataModules: bundled data (mnist5k, digits, synthetic) and on-disk formats."""
+
+from tierkit.data.base import ArrayDataModule, Arrays
+from tierkit.data.bundled import DigitsDataModule, MNIST5kDataModule, SyntheticDataModule
+from tierkit.data.ondisk import CIFAR10DataModule, ImageFolderDataModule, MNISTDataModule
+
+__all__ = [
+    "ArrayDataModule",
+    "Arrays",
+    "CIFAR10DataModule",
+    "DigitsDataModule",
+    "ImageFolderDataModule",
+    "MNIST5kDataModule",
+    "MNISTDataModule",
+    "SyntheticDataModule",
+]

@@ -1,0 +1,164 @@
+"""In-memory LightningDataModule: the datasets tierkit targets fit in RAM, so load once, split once."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tierkit.errors import TierkitError
+
+
+@dataclass
+class Arrays:
+    """Images as float in [0, 1] with shape (N, C, H, W) and integer labels with shape (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> "Arrays":
+        return Arrays(self.images[index], self.labels[index])
+
+
+class IndexedTensorDataset(Dataset):
+    """Yields (image, label, index); the index lets distillation look up cached teacher logits."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return self.images[i], self.labels[i], i
+
+
+def _count(size: float, total: int, name: str) -> int:
+    n = round(size * total) if isinstance(size, float) and size < 1 else int(size)
+    if not 0 < n < total:
+        raise TierkitError(
+            f"data.{name}={size} leaves no room for the other splits of {total} samples",
+            where=f"data.{name}",
+            fix="use a count smaller than the dataset or a fraction in (0, 1)",
+        )
+    return n
+
+
+class ArrayDataModule(L.LightningDataModule):
+    """Loads arrays (subclasses say how), normalises them and makes a seeded train/val/test split.
+
+    Subclasses implement ``load()`` returning ``{"all": Arrays}`` (split three ways here) or
+    ``{"train": Arrays, "test": Arrays}`` (the dataset's own test split; val comes out of train).
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        val_size: float = 0.1,
+        test_size: float = 0.2,
+        batch_size: int = 128,
+        eval_batch_size: int = 512,
+        split_seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.num_classes = int(num_classes)
+        channels = self.input_shape[0]
+        if len(mean) != channels or len(std) != channels:
+            raise TierkitError(
+                f"data.mean and data.std need one value per channel ({channels}), got {len(mean)} and {len(std)}",
+                where="data config",
+                fix="list one mean and one std per input channel",
+            )
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.val_size, self.test_size = val_size, test_size
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.split_seed, self.num_workers = split_seed, num_workers
+        self.splits: dict[str, IndexedTensorDataset] = {}
+
+    def load(self) -> dict[str, Arrays]:
+        raise NotImplementedError
+
+    @property
+    def source(self) -> str:
+        """Where the data comes from, for error messages."""
+        return type(self).__name__
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        arrays = {name: self._checked(part) for name, part in self.load().items()}
+        generator = torch.Generator().manual_seed(self.split_seed)
+        if "all" in arrays:
+            pool = arrays["all"]
+            order = torch.randperm(len(pool), generator=generator)
+            n_test = _count(self.test_size, len(pool), "test_size")
+            n_val = _count(self.val_size, len(pool) - n_test, "val_size")
+            parts = {
+                "test": pool.subset(order[:n_test]),
+                "val": pool.subset(order[n_test : n_test + n_val]),
+                "train": pool.subset(order[n_test + n_val :]),
+            }
+        else:
+            train = arrays["train"]
+            order = torch.randperm(len(train), generator=generator)
+            n_val = _count(self.val_size, len(train), "val_size")
+            parts = {
+                "val": train.subset(order[:n_val]),
+                "train": train.subset(order[n_val:]),
+                "test": arrays["test"],
+            }
+        self.splits = {
+            name: IndexedTensorDataset((part.images - self.mean) / self.std, part.labels)
+            for name, part in parts.items()
+        }
+
+    def _checked(self, arrays: Arrays) -> Arrays:
+        shape = tuple(arrays.images.shape[1:])
+        if shape != self.input_shape:
+            raise TierkitError(
+                f"images have shape {list(shape)} but data.input_shape is {list(self.input_shape)}",
+                where=self.source,
+                fix="set data.input_shape to the images' (channels, height, width)",
+            )
+        labels = arrays.labels
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise TierkitError(
+                f"labels span {int(labels.min())}..{int(labels.max())} but data.num_classes is {self.num_classes}",
+                where=self.source,
+                fix="set data.num_classes to the number of classes in the data",
+            )
+        return Arrays(arrays.images.float(), labels.long())
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if not self.splits:
+            self.setup()
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def ordered_train_dataloader(self) -> DataLoader:
+        """The training split in index order, for one-off passes such as caching teacher logits."""
+        return self._loader("train", shuffle=False)

@@ -1,0 +1,218 @@
+"""Readers for the standard on-disk formats users already have: MNIST IDX, CIFAR-10 python, image folders."""
+
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tierkit.data.base import ArrayDataModule, Arrays
+from tierkit.errors import TierkitError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def existing_dir(root: str | Path, what: str) -> Path:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise TierkitError(
+            f"{what} folder {root} does not exist",
+            where="data.root",
+            fix=f"point data.root at the folder that holds the {what} files",
+        )
+    return root
+
+
+def find_file(root: Path, names: list[str], what: str) -> Path:
+    for name in names:
+        if (root / name).is_file():
+            return root / name
+    raise TierkitError(
+        f"no {what} in {root} (looked for {', '.join(names)})",
+        where="data.root",
+        fix="point data.root at the folder that holds the dataset's original files",
+    )
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (optionally gzipped): 2 zero bytes, a type byte, a rank byte, big-endian dims."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise TierkitError(
+            f"{path} is not an unsigned-byte IDX file (bad magic number)",
+            where=str(path),
+            fix="use the original MNIST files (train-images-idx3-ubyte and friends), gzipped or not",
+        )
+    rank = raw[3]
+    header = 4 + 4 * rank
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank)]
+    expected = header + int(np.prod(dims))
+    if len(raw) != expected:
+        raise TierkitError(
+            f"{path} is truncated or padded: {len(raw)} bytes, its header promises {expected}",
+            where=str(path),
+            fix="download the file again",
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+class MNISTDataModule(ArrayDataModule):
+    """MNIST (or Fashion-MNIST) from the four original IDX files in ``root``."""
+
+    def __init__(self, root: str, **kwargs):
+        super().__init__(**kwargs)
+        self.root = root
+
+    @property
+    def source(self) -> str:
+        return f"MNIST IDX files in {self.root}"
+
+    def _split(self, root: Path, prefix: str) -> Arrays:
+        def names(kind: str) -> list[str]:
+            return [f"{prefix}-{kind}", f"{prefix}-{kind}.gz"]
+
+        images = read_idx(find_file(root, names("images-idx3-ubyte"), f"{prefix} images"))
+        labels = read_idx(find_file(root, names("labels-idx1-ubyte"), f"{prefix} labels"))
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise TierkitError(
+                f"{prefix} images {images.shape} and labels {labels.shape} do not pair up",
+                where=str(root),
+                fix="use matching images and labels files",
+            )
+        tensor = torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1)
+        return Arrays(tensor, torch.from_numpy(labels.astype(np.int64)))
+
+    def load(self) -> dict[str, Arrays]:
+        root = existing_dir(self.root, "MNIST")
+        return {"train": self._split(root, "train"), "test": self._split(root, "t10k")}
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """CIFAR batches are pickles: allow numpy arrays and plain containers, refuse any other object."""
+
+    ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+        }
+    )
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def read_cifar_batch(path: Path) -> Arrays:
+    try:
+        with open(path, "rb") as f:
+            batch = _ArraysOnlyUnpickler(f, encoding="bytes").load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
+        raise TierkitError(
+            f"{path} is not a CIFAR-10 python batch ({exc})",
+            where=str(path),
+            fix="use the files from cifar-10-python.tar.gz (data_batch_1..5, test_batch)",
+        ) from exc
+    return Arrays(torch.from_numpy(data).float().div_(255.0), torch.from_numpy(labels))
+
+
+class CIFAR10DataModule(ArrayDataModule):
+    """CIFAR-10 from the python-pickle batches (the cifar-10-batches-py folder)."""
+
+    def __init__(self, root: str, **kwargs):
+        super().__init__(**kwargs)
+        self.root = root
+
+    @property
+    def source(self) -> str:
+        return f"CIFAR-10 batches in {self.root}"
+
+    def load(self) -> dict[str, Arrays]:
+        root = existing_dir(self.root, "CIFAR-10")
+        if (root / "cifar-10-batches-py").is_dir():
+            root = root / "cifar-10-batches-py"
+        train_files = sorted(root.glob("data_batch_*"))
+        if not train_files:
+            raise TierkitError(
+                f"no data_batch_* files in {root}",
+                where="data.root",
+                fix="point data.root at the extracted cifar-10-batches-py folder",
+            )
+        train = [read_cifar_batch(p) for p in train_files]
+        test = read_cifar_batch(find_file(root, ["test_batch"], "CIFAR-10 test batch"))
+        images = torch.cat([b.images for b in train])
+        return {"train": Arrays(images, torch.cat([b.labels for b in train])), "test": test}
+
+
+class ImageFolderDataModule(ArrayDataModule):
+    """One sub-folder per class (sorted names give the label order); images resized to input_shape."""
+
+    def __init__(self, root: str, test_root: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.root, self.test_root = root, test_root
+        self.class_names: list[str] = []
+
+    @property
+    def source(self) -> str:
+        return f"image folder {self.root}"
+
+    def _read(self, root: str, class_names: list[str] | None) -> tuple[Arrays, list[str]]:
+        from PIL import Image, UnidentifiedImageError
+
+        folder = existing_dir(root, "image")
+        found = sorted(d.name for d in folder.iterdir() if d.is_dir())
+        class_names = class_names or found
+        if not found or found != class_names:
+            raise TierkitError(
+                f"{folder} has class folders {found}, expected {class_names}",
+                where="data.root" if class_names is found else "data.test_root",
+                fix="give every class its own sub-folder, with the same names in train and test roots",
+            )
+        channels, height, width = self.input_shape
+        mode = {1: "L", 3: "RGB"}[channels]
+        images, labels = [], []
+        for label, name in enumerate(class_names):
+            for path in sorted((folder / name).iterdir()):
+                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                try:
+                    with Image.open(path) as img:
+                        array = np.asarray(img.convert(mode).resize((width, height)), dtype=np.uint8)
+                except (UnidentifiedImageError, OSError) as exc:
+                    raise TierkitError(
+                        f"cannot read image {path}: {exc}",
+                        where=str(path),
+                        fix="remove or replace the file",
+                    ) from exc
+                images.append(array.reshape(height, width, channels))
+                labels.append(label)
+        if not images:
+            raise TierkitError(
+                f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}",
+                where="data.root",
+                fix="put image files in one sub-folder per class",
+            )
+        tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
+        return Arrays(tensor, torch.tensor(labels)), class_names
+
+    def load(self) -> dict[str, Arrays]:
+        if self.input_shape[0] not in (1, 3):
+            raise TierkitError(
+                f"image folders need 1 or 3 channels, data.input_shape has {self.input_shape[0]}",
+                where="data.input_shape",
+                fix="use [1, H, W] for greyscale or [3, H, W] for colour",
+            )
+        arrays, self.class_names = self._read(self.root, None)
+        if self.test_root is None:
+            return {"all": arrays}
+        test, _ = self._read(self.test_root, self.class_names)
+        return {"train": arrays, "test": test}

@@ -1,0 +1,8 @@
+"""The model zoo. Every model takes ``input_shape`` and ``num_classes`` from the data and a ``width``."""
+
+from tierkit.models.cnn import SmallCNN
+from tierkit.models.mlp import MLP
+from tierkit.models.mobilenetv2 import MobileNetV2
+from tierkit.models.resnet import CifarResNet
+
+__all__ = ["MLP", "CifarResNet", "MobileNetV2", "SmallCNN"]

@@ -1,0 +1,22 @@
+"""OmegaConf resolvers used by the configs; importing this module registers them."""
+
+import netrc
+import os
+
+from omegaconf import OmegaConf
+
+
+def wandb_offline() -> bool:
+    """Offline unless the user has configured W&B: an API key, a netrc login, or WANDB_MODE=online."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in ("offline", "disabled", "dryrun"):
+        return True
+    if mode == "online" or os.environ.get("WANDB_API_KEY"):
+        return False
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is None
+    except (OSError, netrc.NetrcParseError):
+        return True
+
+
+OmegaConf.register_new_resolver("tierkit.wandb_offline", wandb_offline, replace=True)

@@ -1,0 +1,48 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+import tierkit.utils.resolvers  # noqa: F401  (registers config resolvers for compose)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "conf"
+# A fast recipe: tiny synthetic data, narrow models, Lightning's fast_dev_run.
+FAST = [
+    "data=synthetic",
+    "model.teacher.base_channels=8",
+    "model.student.base_channels=8",
+    "~callbacks.progress",
+]
+
+
+@pytest.fixture(autouse=True)
+def _offline_wandb(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def compose_train(tmp_path: Path, *overrides: str, hydra_config: bool = False) -> DictConfig:
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}", *overrides],
+            return_hydra_config=hydra_config,
+        )
+
+
+def run_cli(tmp_path: Path, *args: str, script: str = "train.py", timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run an entry point the way a user does, from a scratch folder, with the teacher cache inside it."""
+    env = {**os.environ, "TIERKIT_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,81 @@
+"""`python train.py` as a user runs it: end to end, resume, and one clear message per mistake."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import FAST, run_cli
+
+TINY = [*FAST, "debug=tiny"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    run = root / "outputs" / "run1"
+    result = run_cli(root, *TINY, f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, run, result
+
+
+def test_train_writes_a_complete_run_folder(finished_run):
+    _, run, result = finished_run
+    for path in (".hydra/config.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.json"):
+        assert (run / path).is_file(), path
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["student"]["params"] < metrics["teacher"]["params"]
+    assert 0 <= metrics["student"]["test_acc"] <= 1 and 0 <= metrics["teacher"]["test_acc"] <= 1
+    assert metrics["checkpoints"]["last"].endswith("last.ckpt")
+    assert "tierkit run summary" in result.stdout
+
+
+def test_checkpoint_carries_the_composed_config(finished_run):
+    _, run, _ = finished_run
+    checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    config = checkpoint["tierkit"]["config"]
+    assert config["data"]["_target_"] == "tierkit.data.SyntheticDataModule"
+    assert config["model"]["student"]["base_channels"] == 8
+    assert not any(k.startswith("_teacher") for k in checkpoint["state_dict"])
+
+
+def test_resume_from_last_continues_training(finished_run):
+    root, first_run, _ = finished_run
+    # A resumed run takes the model from the checkpoint even if today's command line says otherwise.
+    result = run_cli(
+        root, *TINY, "model.student.width=0.9", "ckpt_path=last", "trainer.max_epochs=2", f"hydra.run.dir={root / 'r2'}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((root / "r2" / "metrics.json").read_text())
+    first = json.loads((first_run / "metrics.json").read_text())
+    assert metrics["epochs"] == 2
+    assert metrics["student"]["params"] == first["student"]["params"]
+    assert "Resuming from" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["no_such_key=1"], "no_such_key"),
+        (["tier=ultra"], "ultra"),
+        (["data=mnist", "data.root=/does/not/exist"], "/does/not/exist does not exist"),
+        (["ckpt_path=/no/such.ckpt"], "/no/such.ckpt does not exist"),
+        (["distill.alpha=2"], "distill.alpha=2"),
+        (["model.student._target_=tierkit.models.Nope"], "could not build tierkit.models.Nope"),
+    ],
+)
+def test_bad_input_exits_nonzero_with_one_clear_message(tmp_path, args, message):
+    result = run_cli(tmp_path, *TINY, *args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_nan_loss_stops_without_leaving_a_best_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    result = run_cli(
+        tmp_path, *TINY, "distill.alpha=0", "optimizer.lr=1e30", "trainer.detect_anomaly=false", f"hydra.run.dir={run}"
+    )
+    assert result.returncode == 2
+    assert "loss became nan" in result.stdout + result.stderr
+    assert not (run / "checkpoints" / "best.ckpt").exists()

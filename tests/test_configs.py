@@ -1,0 +1,121 @@
+"""Every option of every config group composes, and the objects it names can be built."""
+
+import pytest
+from hydra.utils import instantiate
+from lightning import Callback, LightningDataModule, Trainer
+from lightning.pytorch.loggers import Logger
+
+from conftest import CONFIG_DIR, compose_train
+from tierkit.models.build import build_model
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+EXTRA = {"imagefolder": ["data.num_classes=3"]}
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_data_options_instantiate(tmp_path, option):
+    cfg = compose_train(tmp_path, f"data={option}", *EXTRA.get(option, []))
+    datamodule = instantiate(cfg.data)
+    assert isinstance(datamodule, LightningDataModule)
+    assert list(datamodule.input_shape) == list(cfg.data.input_shape)
+
+
+@pytest.mark.parametrize("option", options("model"))
+@pytest.mark.parametrize("tier", options("tier"))
+def test_model_options_build_teacher_larger_than_student(tmp_path, option, tier):
+    cfg = compose_train(tmp_path, f"model={option}", f"tier={tier}")
+    shape, classes = cfg.data.input_shape, cfg.data.num_classes
+    teacher = build_model(cfg.model.teacher, shape, classes, where="model.teacher")
+    student = build_model(cfg.model.student, shape, classes, where="model.student")
+    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters())
+
+
+def test_tiers_order_students_and_budgets(tmp_path):
+    tiers = {t: compose_train(tmp_path, f"tier={t}") for t in ("highend", "midrange", "lowend")}
+    widths = [tiers[t].model.student.width for t in ("highend", "midrange", "lowend")]
+    drops = [tiers[t].tier.budgets.max_accuracy_drop for t in ("highend", "midrange", "lowend")]
+    sizes = [tiers[t].tier.budgets.max_size_kib for t in ("highend", "midrange", "lowend")]
+    assert widths == sorted(widths, reverse=True)
+    assert drops == sorted(drops)
+    assert sizes == sorted(sizes, reverse=True)
+    assert all(tiers[t].tier.name == t for t in tiers)
+
+
+@pytest.mark.parametrize("option", options("hardware"))
+def test_hardware_options_describe_ort_settings(tmp_path, option):
+    import onnxruntime as ort
+
+    hardware = compose_train(tmp_path, f"hardware={option}").hardware
+    assert hardware.name == option
+    assert hasattr(ort.GraphOptimizationLevel, hardware.graph_optimization_level)
+    assert hardware.intra_op_num_threads >= 0
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_trainer_options_compose(tmp_path, option):
+    cfg = compose_train(tmp_path, f"trainer={option}")
+    if option in ("gpu", "ddp"):
+        assert cfg.trainer.accelerator == "gpu"  # cannot instantiate without a GPU
+        return
+    trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
+    assert isinstance(trainer, Trainer)
+    if option == "ddp_cpu":
+        assert trainer.num_devices == 2
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_logger_options_instantiate_offline(tmp_path, option):
+    cfg = compose_train(tmp_path, f"logger={option}")
+    loggers = [instantiate(entry) for entry in cfg.logger.values()]
+    assert loggers and all(isinstance(lg, Logger) for lg in loggers)
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            assert lg._offline, "W&B must run offline when no account is configured"
+
+
+@pytest.mark.parametrize("option", options("callbacks"))
+def test_callback_options_instantiate(tmp_path, option):
+    cfg = compose_train(tmp_path, f"callbacks={option}")
+    assert all(isinstance(instantiate(entry), Callback) for entry in (cfg.callbacks or {}).values())
+
+
+@pytest.mark.parametrize("group", ["debug", "experiment"])
+def test_bundles_compose(tmp_path, group):
+    for option in options(group):
+        cfg = compose_train(tmp_path, f"{group}={option}")
+        assert cfg.task_name
+
+
+def test_hparams_search_switches_on_optuna(tmp_path):
+    for option in options("hparams_search"):
+        cfg = compose_train(tmp_path, f"hparams_search={option}", hydra_config=True)
+        assert "optuna" in cfg.hydra.sweeper._target_
+        assert cfg.hydra.sweeper.params
+        assert cfg.optimized_metric
+
+
+def test_no_kd_experiment_switches_distillation_off(tmp_path):
+    assert compose_train(tmp_path, "experiment=no_kd").distill.alpha == 0
+
+
+def test_every_group_in_the_design_exists():
+    for group in (
+        "data",
+        "model",
+        "tier",
+        "hardware",
+        "trainer",
+        "logger",
+        "callbacks",
+        "paths",
+        "hydra",
+        "experiment",
+        "debug",
+        "hparams_search",
+        "local",
+    ):
+        assert (CONFIG_DIR / group).is_dir(), group
