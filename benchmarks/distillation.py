@@ -12,27 +12,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from tierkit.utils.noise import silence_known_noise
 
 from machine import describe
-from tierkit.cli.train import CONFIG_DIR, train
-from tierkit.utils.noise import silence_known_noise
+from runs import train_with
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run(tier: str, seed: int, kd: bool, out: Path, extra: list[str]) -> dict:
-    overrides = [
-        f"tier={tier}",
-        f"seed={seed}",
-        f"paths.output_dir={out}",
-        "~callbacks.progress",
-        *([] if kd else ["experiment=no_kd"]),
-        *extra,
-    ]
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    return train(cfg)
+    # Pruning off: this measures what distillation alone does for each tier's student.
+    overrides = [f"tier={tier}", f"seed={seed}", "~callbacks.pruning", *([] if kd else ["experiment=no_kd"]), *extra]
+    return train_with(overrides, out)
 
 
 def spread(values: list[float]) -> str:

@@ -5,16 +5,28 @@ import json
 import pytest
 import torch
 
+from tierkit.models.checkpoint import load_student
+
 from conftest import FAST, run_cli
 
 TINY = [*FAST, "debug=tiny"]
+# Two epochs with pruning at epochs 0 and 1 of a three-step schedule: the resume test finishes it.
+PRUNED = [
+    "trainer.max_epochs=2",
+    "callbacks.pruning.start_epoch=0",
+    "callbacks.pruning.end_epoch=2",
+    "callbacks.pruning.steps=3",
+    "callbacks.pruning.target=0.5",
+    "callbacks.pruning.round_to=null",
+    "callbacks.pruning.schedule=linear",
+]
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     run = root / "outputs" / "run1"
-    result = run_cli(root, *TINY, f"hydra.run.dir={run}")
+    result = run_cli(root, *TINY, *PRUNED, f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-3000:]
     return root, run, result
 
@@ -30,9 +42,13 @@ def test_train_writes_a_complete_run_folder(finished_run):
     assert "tierkit run summary" in result.stdout
 
 
-def test_checkpoint_carries_the_composed_config(finished_run):
+def test_checkpoint_carries_the_composed_config_and_pruned_shapes(finished_run):
     _, run, _ = finished_run
     checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    student, _ = load_student(run / "checkpoints" / "best.ckpt")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert sum(p.numel() for p in student.parameters()) == metrics["student"]["params"]
+    assert metrics["pruning"]["history"][-1]["params"] == metrics["student"]["params"]
     config = checkpoint["tierkit"]["config"]
     assert config["data"]["_target_"] == "tierkit.data.SyntheticDataModule"
     assert config["model"]["student"]["base_channels"] == 8
@@ -43,13 +59,21 @@ def test_resume_from_last_continues_training(finished_run):
     root, first_run, _ = finished_run
     # A resumed run takes the model from the checkpoint even if today's command line says otherwise.
     result = run_cli(
-        root, *TINY, "model.student.width=0.9", "ckpt_path=last", "trainer.max_epochs=2", f"hydra.run.dir={root / 'r2'}"
+        root,
+        *TINY,
+        *PRUNED,
+        "model.student.width=0.9",
+        "ckpt_path=last",
+        "trainer.max_epochs=3",
+        f"hydra.run.dir={root / 'r2'}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((root / "r2" / "metrics.json").read_text())
     first = json.loads((first_run / "metrics.json").read_text())
-    assert metrics["epochs"] == 2
-    assert metrics["student"]["params"] == first["student"]["params"]
+    assert metrics["epochs"] == 3
+    assert first["pruning"]["steps_done"] == 2 and metrics["pruning"]["steps_done"] == 3
+    assert metrics["student"]["architecture"] == first["student"]["architecture"]
+    assert metrics["student"]["params"] < first["student"]["params"], "the third pruning step ran after resuming"
     assert "Resuming from" in result.stdout + result.stderr
 
 

@@ -5,8 +5,9 @@ from hydra.utils import instantiate
 from lightning import Callback, LightningDataModule, Trainer
 from lightning.pytorch.loggers import Logger
 
-from conftest import CONFIG_DIR, compose_train
 from tierkit.models.build import build_model
+
+from conftest import CONFIG_DIR, compose_train
 
 
 def options(group: str) -> list[str]:

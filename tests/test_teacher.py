@@ -5,10 +5,11 @@ import sys
 import pytest
 import torch
 
-from conftest import FAST, REPO, compose_train
 from tierkit.data import SyntheticDataModule
 from tierkit.distill import teacher as teacher_stage
 from tierkit.errors import TierkitError
+
+from conftest import FAST, REPO, compose_train
 
 FDR = [*FAST, "debug=fdr"]
 

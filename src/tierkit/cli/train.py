@@ -19,6 +19,7 @@ from tierkit.distill.module import check_distill_settings
 from tierkit.distill.teacher import obtain_teacher
 from tierkit.errors import TierkitError
 from tierkit.models.build import build_model, model_name
+from tierkit.prune import StructuredPruning
 from tierkit.utils.files import write_json
 from tierkit.utils.instantiate import instantiate, instantiate_callbacks, instantiate_loggers
 from tierkit.utils.model_stats import model_stats
@@ -107,11 +108,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams(module.run_config)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
-    # Read both paths now: restoring best.ckpt for testing also restores the callback's older state.
-    best_path = checkpoint.best_model_path if checkpoint else ""
-    last_path = checkpoint.last_model_path if checkpoint else ""
-    best_score = checkpoint.best_model_score if checkpoint else None
+    # Read the paths now: restoring best.ckpt for testing also restores the callbacks' older state.
+    checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+    best = next((c for c in checkpoints if c.monitor), None)
+    latest = next((c for c in checkpoints if not c.monitor), None)
+    best_path = best.best_model_path if best else ""
+    best_score = best.best_model_score if best else None
+    last_path = latest.best_model_path if latest else ""
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)[0]
 
     metrics = {
@@ -128,6 +131,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         },
         "checkpoints": {"best": best_path, "last": last_path},
     }
+    pruning = next((c for c in trainer.callbacks if isinstance(c, StructuredPruning)), None)
+    if pruning is not None:
+        metrics["pruning"] = {"target": pruning.target, "steps_done": pruning.steps_done, "history": pruning.history}
     if teacher is not None:
         metrics["teacher"] = {
             "architecture": model_name(cfg.model.teacher),

@@ -10,6 +10,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from tierkit.distill.losses import distillation_loss
 from tierkit.errors import TierkitError
+from tierkit.models.structure import apply_structure, describe_structure
 
 CHECKPOINT_FORMAT = 1
 
@@ -59,6 +60,7 @@ class DistillationModule(L.LightningModule):
         super().__init__()
         check_distill_settings(temperature, alpha)
         self.student = student
+        self.num_classes = num_classes
         # object.__setattr__ bypasses nn.Module's registration of child modules (see class docstring).
         object.__setattr__(self, "_teacher", freeze(teacher) if teacher is not None else None)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -146,5 +148,17 @@ class DistillationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer)}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the composed config so export and resume rebuild this model, not today's defaults."""
-        checkpoint["tierkit"] = {"format": CHECKPOINT_FORMAT, "config": self.run_config}
+        """Store the composed config and the layer shapes (pruning changes them), so export and resume
+        rebuild this exact model rather than today's defaults."""
+        checkpoint["tierkit"] = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.run_config,
+            "structure": describe_structure(self.student),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Reshape the student to the checkpoint's (possibly pruned) layers before Lightning loads weights."""
+        structure = checkpoint.get("tierkit", {}).get("structure")
+        if structure:
+            weights = {k.removeprefix("student."): v for k, v in checkpoint["state_dict"].items()}
+            apply_structure(self.student, structure, weights)

@@ -15,7 +15,9 @@ class _DropMessages(logging.Filter):
 
 
 def silence_known_noise() -> None:
-    """Hide Lightning's litlogger advert and the pytree deprecation it triggers in torch 2.13."""
+    """Hide Lightning's litlogger advert, the pytree deprecation it triggers in torch 2.13, and the ONNX
+    exporter's notes about torchvision ops (tierkit has no torchvision)."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropMessages("litlogger"))
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")

@@ -1,0 +1,30 @@
+"""Rebuild a trained student from a tierkit checkpoint alone, whatever today's configs say."""
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from tierkit.errors import TierkitError
+from tierkit.models.build import build_model
+from tierkit.models.structure import apply_structure
+
+
+def load_student(path: str | Path) -> tuple[nn.Module, DictConfig]:
+    """The student in ``path`` (eval mode, pruned shapes included) and the run config it was trained with."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        saved = checkpoint["tierkit"]
+    except Exception as exc:
+        raise TierkitError(
+            f"{path} is not a readable tierkit checkpoint ({type(exc).__name__}: {exc})",
+            where=str(path),
+            fix="use checkpoints/best.ckpt or last.ckpt from a tierkit run folder",
+        ) from exc
+    config = OmegaConf.create(saved["config"])
+    student = build_model(config.model.student, config.data.input_shape, config.data.num_classes, where=str(path))
+    weights = {k.removeprefix("student."): v for k, v in checkpoint["state_dict"].items() if k.startswith("student.")}
+    apply_structure(student, saved.get("structure", {}), weights)
+    student.load_state_dict(weights)
+    return student.eval(), config

@@ -1,0 +1,241 @@
+"""StructuredPruning: a Lightning callback that removes whole channels and neurons in gradual steps."""
+
+import fnmatch
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import lightning as L
+import torch
+import torch_pruning as tp
+from lightning import Callback
+from torch import nn
+
+from tierkit.errors import TierkitError
+from tierkit.prune.schedules import pruning_schedule
+from tierkit.utils.checkpointing import forget_best_checkpoints, rebuild_optimizers
+
+log = logging.getLogger(__name__)
+
+IMPORTANCES = {
+    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+    "bn_scale": lambda: tp.importance.BNScaleImportance(),
+    "taylor": lambda: tp.importance.GroupTaylorImportance(),
+}
+PRUNABLE = (nn.Conv2d, nn.Linear)
+
+
+def output_width(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+
+@contextmanager
+def preserved_mode(model: nn.Module) -> Iterator[None]:
+    """torch-pruning traces the model in eval mode; put back whatever mode training had it in."""
+    modes = {module: module.training for module in model.modules()}
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+class StructuredPruning(Callback):
+    """Prune the student from ``start_epoch`` to ``end_epoch`` in ``steps`` steps up to ``target``.
+
+    ``target`` is the fraction of channels (neurons) removed from every prunable layer. Removal is physical
+    (torch-pruning's dependency graph keeps residual adds and depthwise convs consistent), so the model gets
+    smaller and faster, not just sparse. Distillation keeps running, so the teacher guides recovery between
+    steps. The classifier head and layers matching ``ignore`` (globs over module names) are never pruned.
+    """
+
+    def __init__(
+        self,
+        target: float = 0.5,
+        start_epoch: int = 2,
+        end_epoch: int = 8,
+        steps: int = 4,
+        schedule: str = "cubic",
+        importance: str = "l2",
+        round_to: int | None = 8,
+        ignore: list[str] | tuple[str, ...] = (),
+    ):
+        super().__init__()
+        if not 0 < target < 1:
+            raise TierkitError(
+                f"pruning target {target} is outside (0, 1)",
+                where="callbacks.pruning.target",
+                fix="give the fraction of channels to remove, e.g. 0.5; drop the callback with ~callbacks.pruning",
+            )
+        if steps < 1 or start_epoch < 0 or end_epoch < start_epoch:
+            raise TierkitError(
+                f"pruning steps={steps} from epoch {start_epoch} to {end_epoch} is not a schedule",
+                where="callbacks.pruning",
+                fix="use steps >= 1 and 0 <= start_epoch <= end_epoch",
+            )
+        if importance not in IMPORTANCES:
+            raise TierkitError(
+                f"unknown pruning importance {importance!r}",
+                where="callbacks.pruning.importance",
+                fix=f"use one of {', '.join(IMPORTANCES)}",
+            )
+        self.target, self.schedule, self.importance = target, schedule, importance
+        self.ratios = pruning_schedule(schedule, target, steps)
+        self.epochs = sorted(
+            {round(start_epoch + i * (end_epoch - start_epoch) / max(steps - 1, 1)) for i in range(steps)}
+        )
+        if len(self.epochs) < len(self.ratios):
+            raise TierkitError(
+                f"{steps} pruning steps do not fit between epochs {start_epoch} and {end_epoch}",
+                where="callbacks.pruning",
+                fix="widen the epoch range or use fewer steps",
+            )
+        self.round_to, self.ignore = round_to, list(ignore)
+        self.steps_done = 0
+        self.history: list[dict[str, Any]] = []
+        # Output width of every prunable layer before pruning: each step's goal is relative to these,
+        # so rounding never compounds across steps.
+        self.original_widths: dict[str, int] = {}
+
+    def protected_layers(self, student: nn.Module, num_classes: int) -> list[nn.Module]:
+        """The classifier head (the last Linear producing the class logits) and every ``ignore`` match."""
+        named = dict(student.named_modules())
+        heads = [m for m in named.values() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+        protected = heads[-1:]
+        for pattern in self.ignore:
+            matches = [m for name, m in named.items() if name and fnmatch.fnmatch(name, pattern)]
+            if not matches:
+                raise TierkitError(
+                    f"pruning ignore pattern {pattern!r} matches no module of {type(student).__name__}",
+                    where="callbacks.pruning.ignore",
+                    fix="use globs over module names, e.g. 'features.0.*' (print(model) lists them)",
+                )
+            protected += matches
+        return protected
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Fail before training if the student cannot be pruned as configured."""
+        if stage != "fit":
+            return
+        if trainer.world_size > 1:
+            raise TierkitError(
+                "StructuredPruning does not support multi-process (DDP) training yet",
+                where="trainer.strategy / callbacks.pruning",
+                fix="train with one process (trainer=default or trainer=cpu), or drop pruning with ~callbacks.pruning",
+            )
+        student, example = self._student_and_example(trainer, pl_module)
+        self.protected_layers(student, pl_module.num_classes)
+        if not self.original_widths:
+            self.original_widths = {
+                name: output_width(m) for name, m in student.named_modules() if isinstance(m, PRUNABLE)
+            }
+        try:
+            with preserved_mode(student):
+                tp.DependencyGraph().build_dependency(student, example_inputs=example)
+        except Exception as exc:
+            raise TierkitError(
+                f"torch-pruning cannot trace {type(student).__name__}: {exc}",
+                where="model.student",
+                fix="use a model without data-dependent control flow, or drop pruning with ~callbacks.pruning",
+            ) from exc
+
+    def _student_and_example(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[nn.Module, torch.Tensor]:
+        shape = trainer.datamodule.input_shape
+        return pl_module.student, torch.zeros(1, *shape, device=pl_module.device)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.steps_done >= len(self.ratios) or trainer.current_epoch < self.epochs[self.steps_done]:
+            return
+        student, example = self._student_and_example(trainer, pl_module)
+        goal = self.ratios[self.steps_done]
+        if self.importance == "taylor":
+            self._accumulate_gradients(trainer, pl_module)
+        with preserved_mode(student):
+            protected = self.protected_layers(student, pl_module.num_classes)
+            pruner = tp.pruner.BasePruner(
+                student,
+                example,
+                importance=IMPORTANCES[self.importance](),
+                pruning_ratio=0.0,
+                pruning_ratio_dict=self.step_ratios(student, goal, protected),
+                ignored_layers=protected,
+            )
+            pruner.step()
+        student.zero_grad(set_to_none=True)
+        self.steps_done += 1
+        rebuild_optimizers(trainer)
+        forget_best_checkpoints(trainer)
+        self._log_step(trainer, pl_module, student, example, goal)
+
+    def kept_width(self, original: int, goal: float) -> int:
+        """Channels a layer keeps at cumulative ratio ``goal``: rounded to ``round_to``, never below it."""
+        unit = self.round_to or 1
+        return max(unit, round(original * (1 - goal) / unit) * unit)
+
+    def step_ratios(self, student: nn.Module, goal: float, protected: list[nn.Module]) -> dict[nn.Module, float]:
+        """Per-layer fraction of the *current* channels to remove so each layer lands on its kept width."""
+        ratios = {}
+        for name, module in student.named_modules():
+            if not isinstance(module, PRUNABLE) or module in protected:
+                continue
+            current = output_width(module)
+            kept = min(current, self.kept_width(self.original_widths.get(name, current), goal))
+            if kept < current:
+                # torch-pruning keeps int(current * (1 - ratio)) channels; the half keeps float error out.
+                ratios[module] = 1 - (kept + 0.5) / current
+        return ratios
+
+    def _accumulate_gradients(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Taylor importance needs gradients of the training loss: one batch provides them."""
+        x, y, *_ = next(iter(trainer.datamodule.train_dataloader()))
+        x, y = x.to(pl_module.device), y.to(pl_module.device)
+        pl_module.student.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(pl_module.student(x), y).backward()
+
+    def _log_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, student: nn.Module, example: torch.Tensor, goal: float
+    ) -> None:
+        with torch.no_grad():
+            macs, params = tp.utils.count_ops_and_params(student, example)
+        kept = {name: output_width(m) for name, m in student.named_modules() if isinstance(m, PRUNABLE)}
+        record = {
+            "step": self.steps_done,
+            "epoch": trainer.current_epoch,
+            "ratio": goal,
+            "params": int(params),
+            "macs": int(macs),
+            "kept": kept,
+        }
+        self.history.append(record)
+        log.info(
+            "Pruning step %d/%d at epoch %d: %.0f%% of channels removed, %s params, %s MACs",
+            self.steps_done,
+            len(self.ratios),
+            trainer.current_epoch,
+            100 * goal,
+            f"{int(params):,}",
+            f"{int(macs):,}",
+        )
+        log.debug("Channels kept per layer: %s", kept)
+        metrics = {"prune/ratio": goal, "prune/params": float(params), "prune/macs": float(macs)}
+        metrics.update({f"prune/kept/{name}": float(n) for name, n in kept.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "steps_done": self.steps_done,
+            "ratios": self.ratios,
+            "epochs": self.epochs,
+            "history": self.history,
+            "original_widths": self.original_widths,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("ratios") != self.ratios or state_dict.get("epochs") != self.epochs:
+            log.warning("Resuming with a different pruning schedule than the checkpoint's; steps done so far are kept")
+        self.steps_done = min(state_dict["steps_done"], len(self.ratios))
+        self.history = state_dict.get("history", [])
+        self.original_widths = state_dict.get("original_widths", self.original_widths)

@@ -1,0 +1,180 @@
+import functools
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import OmegaConf
+
+from tierkit.data import SyntheticDataModule
+from tierkit.distill import DistillationModule
+from tierkit.errors import TierkitError
+from tierkit.export import export_onnx
+from tierkit.models import SmallCNN
+from tierkit.models.build import build_model
+from tierkit.models.structure import describe_structure
+from tierkit.profile import ort_session
+from tierkit.prune import StructuredPruning, pruning_schedule
+from tierkit.utils.model_stats import model_stats
+
+from test_models import ZOO
+
+SHAPE = (1, 16, 16)
+
+
+@pytest.mark.parametrize("kind", ["oneshot", "linear", "cubic"])
+def test_schedules_end_at_target_and_grow(kind):
+    ratios = pruning_schedule(kind, 0.6, 4)
+    assert ratios[-1] == pytest.approx(0.6)
+    assert ratios == sorted(ratios)
+    assert len(ratios) == (1 if kind == "oneshot" else 4)
+
+
+def test_cubic_schedule_prunes_most_early():
+    cubic, linear = pruning_schedule("cubic", 0.5, 4), pruning_schedule("linear", 0.5, 4)
+    assert cubic[0] > linear[0]
+    assert cubic[0] == pytest.approx(0.5 * (1 - 0.75**3))
+
+
+def test_kept_widths_follow_the_original_width_without_compounding():
+    pruning = StructuredPruning(target=0.5, round_to=8)
+    assert [pruning.kept_width(64, g) for g in (0.1, 0.3, 0.5)] == [56, 48, 32]
+    assert pruning.kept_width(12, 0.5) == 8, "never below one rounding unit"
+    assert StructuredPruning(target=0.5, round_to=None).kept_width(12, 0.5) == 6
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(TierkitError, match="schedule"):
+        pruning_schedule("exponential", 0.5, 3)
+
+
+@pytest.mark.parametrize("target", [0.0, 1.0, 1.5, -0.1])
+def test_target_outside_open_interval_is_refused(target):
+    with pytest.raises(TierkitError, match=r"outside \(0, 1\)"):
+        StructuredPruning(target=target)
+
+
+def _data():
+    return SyntheticDataModule(input_shape=list(SHAPE), num_classes=4, mean=[0.5], std=[0.3], num_samples=96)
+
+
+def _module(student):
+    return DistillationModule(
+        student=student,
+        teacher=SmallCNN(SHAPE, 4, width=0.25),
+        num_classes=4,
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
+        scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
+    )
+
+
+def _trainer(max_epochs, callbacks, **kwargs):
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        **kwargs,
+    )
+
+
+def _macs_params(model):
+    stats = model_stats(model, SHAPE)
+    return stats["macs"], stats["params"]
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_every_model_prunes_physically_trains_and_exports(tmp_path, name):
+    student = build_model(OmegaConf.create(ZOO[name]), SHAPE, 4, where="test")
+    macs_before, params_before = _macs_params(student)
+    module = _module(student)
+    pruning = StructuredPruning(target=0.5, start_epoch=0, end_epoch=1, steps=2, round_to=None)
+    trainer = _trainer(3, [pruning], enable_checkpointing=False)
+    trainer.fit(module, datamodule=_data())
+    macs_after, params_after = _macs_params(student)
+    assert pruning.steps_done == 2
+    assert params_after < 0.6 * params_before and macs_after < 0.6 * macs_before
+
+    optimizer = trainer.optimizers[0]
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in student.parameters()}
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.last_epoch == 3, "the LR schedule continues across rebuilds"
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5**3)
+
+    path = export_onnx(student, tmp_path / name, SHAPE)
+    x = torch.randn(5, *SHAPE)
+    with torch.no_grad():
+        expected = student.eval()(x).numpy()
+    actual = ort_session(path).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_head_and_ignored_layers_keep_their_size():
+    student = SmallCNN(SHAPE, 4, width=0.5)
+    before = describe_structure(student)
+    pruning = StructuredPruning(target=0.5, start_epoch=0, end_epoch=0, steps=1, ignore=["features.0.*"])
+    _trainer(1, [pruning], enable_checkpointing=False).fit(_module(student), datamodule=_data())
+    after = describe_structure(student)
+    assert after["features.0.0"] == before["features.0.0"]
+    assert after["classifier"]["out_features"] == 4
+    assert after["features.3.0"]["out_channels"] < before["features.3.0"]["out_channels"]
+
+
+def test_channel_counts_are_rounded():
+    student = SmallCNN(SHAPE, 4, width=1.0)
+    pruning = StructuredPruning(target=0.4, start_epoch=0, end_epoch=0, steps=1, round_to=8)
+    _trainer(1, [pruning], enable_checkpointing=False).fit(_module(student), datamodule=_data())
+    convs = [m.out_channels for m in student.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c % 8 == 0 for c in convs)
+
+
+def test_ignore_pattern_matching_nothing_fails_before_training():
+    pruning = StructuredPruning(target=0.5, ignore=["backbone.*"])
+    with pytest.raises(TierkitError, match="matches no module"):
+        _trainer(1, [pruning], enable_checkpointing=False).fit(_module(SmallCNN(SHAPE, 4)), datamodule=_data())
+
+
+def test_checkpoint_rebuilds_the_pruned_structure(tmp_path):
+    student = SmallCNN(SHAPE, 4, width=0.5)
+    latest = ModelCheckpoint(dirpath=tmp_path, filename="last", monitor=None)
+    pruning = StructuredPruning(target=0.5, start_epoch=0, end_epoch=1, steps=2)
+    _trainer(3, [pruning, latest]).fit(_module(student), datamodule=_data())
+    fresh = _module(SmallCNN(SHAPE, 4, width=0.5))
+    _trainer(1, []).test(fresh, datamodule=_data(), ckpt_path=latest.best_model_path, verbose=False)
+    assert describe_structure(fresh.student) == describe_structure(student)
+    x = torch.randn(3, *SHAPE)
+    with torch.no_grad():
+        assert torch.allclose(fresh.student.eval()(x), student.eval()(x), atol=1e-6)
+
+
+def test_best_checkpoint_is_chosen_after_the_last_pruning_step(tmp_path):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/acc", mode="max")
+    pruning = StructuredPruning(target=0.5, start_epoch=1, end_epoch=2, steps=2)
+    student = SmallCNN(SHAPE, 4, width=0.5)
+    _trainer(4, [pruning, checkpoint]).fit(_module(student), datamodule=_data())
+    saved = torch.load(checkpoint.best_model_path, weights_only=True)
+    assert saved["epoch"] >= 2
+    assert saved["tierkit"]["structure"] == describe_structure(student)
+
+
+def test_resuming_mid_schedule_reaches_the_same_structure(tmp_path):
+    def pruning():
+        return StructuredPruning(target=0.6, start_epoch=0, end_epoch=3, steps=4, schedule="linear")
+
+    L.seed_everything(0)
+    straight = SmallCNN(SHAPE, 4, width=0.5)
+    _trainer(4, [pruning()], enable_checkpointing=False).fit(_module(straight), datamodule=_data())
+
+    L.seed_everything(0)
+    latest = ModelCheckpoint(dirpath=tmp_path, filename="last", monitor=None)
+    _trainer(2, [pruning(), latest]).fit(_module(SmallCNN(SHAPE, 4, width=0.5)), datamodule=_data())
+    resumed_pruning = pruning()
+    resumed = _module(SmallCNN(SHAPE, 4, width=0.5))
+    _trainer(4, [resumed_pruning], enable_checkpointing=False).fit(
+        resumed, datamodule=_data(), ckpt_path=latest.best_model_path
+    )
+    assert resumed_pruning.steps_done == 4
+    assert describe_structure(resumed.student) == describe_structure(straight)
