@@ -17,7 +17,7 @@ import hydra
 import numpy as np
 import torch
 
-from tierkit.export import export_onnx
+from tierkit.export import export_onnx, onnx_test_accuracy
 from tierkit.models.checkpoint import load_student
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
 from tierkit.utils.noise import silence_known_noise
@@ -43,15 +43,6 @@ def overrides_for(variant: str, target: float, sparsity: float | None, end_epoch
         f"+callbacks.model_pruning.apply_pruning.epoch={end_epoch}",
         "+callbacks.model_pruning.verbose=0",
     ]
-
-
-def ort_accuracy(session, config) -> float:
-    """Test-split accuracy of an ONNX model in ONNX Runtime."""
-    datamodule = hydra.utils.instantiate(config.data)
-    datamodule.setup()
-    test = datamodule.splits["test"]
-    logits = session.run(None, {"input": test.images.numpy()})[0]
-    return float((logits.argmax(1) == test.labels.numpy()).mean())
 
 
 def zero_fraction(model: torch.nn.Module) -> float:
@@ -89,7 +80,7 @@ def main() -> None:
                 onnx_path = export_onnx(student, Path(tmp) / f"{variant}-{seed}.onnx", shape)
                 metrics["onnx_bytes"] = onnx_path.stat().st_size
                 session = ort_session(onnx_path, threads=1)
-                metrics["ort_test_acc"] = ort_accuracy(session, config)
+                metrics["ort_test_acc"] = onnx_test_accuracy(session, hydra.utils.instantiate(config.data))
                 probes[(variant, seed)] = latency_probe(session, np.zeros((1, *shape), dtype=np.float32))
                 runs[variant].append(metrics)
                 print(f"seed {seed} {variant}: ORT test acc {100 * metrics['ort_test_acc']:.2f}%", flush=True)

@@ -103,3 +103,25 @@ def test_nan_loss_stops_without_leaving_a_best_checkpoint(tmp_path):
     assert result.returncode == 2
     assert "loss became nan" in result.stdout + result.stderr
     assert not (run / "checkpoints" / "best.ckpt").exists()
+
+
+def test_export_writes_verified_onnx_per_tier(finished_run, tmp_path):
+    root, run, _ = finished_run
+    out = tmp_path / "exports"
+    result = run_cli(root, f"run={run}", f"output_dir={out}", script="export.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported = json.loads((out / "export.json").read_text())["exports"]
+    assert [row["tier"] for row in exported] == ["midrange"]
+    row = exported[0]
+    assert (out / row["file"]).is_file() and row["file"] == "midrange/fp32.onnx"
+    assert row["max_logit_difference"] < 1e-3
+    assert 0 <= row["onnx_test_acc"] <= 1
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert row["params"] == metrics["student"]["params"], "the pruned student is exported, not a fresh one"
+
+
+def test_export_of_a_missing_run_fails_clearly(tmp_path):
+    result = run_cli(tmp_path, "run=/no/such/run", script="export.py")
+    assert result.returncode == 2
+    assert "/no/such/run does not exist" in result.stdout + result.stderr
+    assert not (tmp_path / "exports").exists() or not list((tmp_path / "exports").rglob("export.json"))

@@ -178,3 +178,24 @@ def test_resuming_mid_schedule_reaches_the_same_structure(tmp_path):
     )
     assert resumed_pruning.steps_done == 4
     assert describe_structure(resumed.student) == describe_structure(straight)
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2", "bn_scale", "taylor"])
+def test_every_importance_criterion_prunes(importance):
+    student = SmallCNN(SHAPE, 4, width=0.5)
+    params_before = sum(p.numel() for p in student.parameters())
+    pruning = StructuredPruning(target=0.5, start_epoch=0, end_epoch=0, steps=1, importance=importance, round_to=None)
+    _trainer(1, [pruning], enable_checkpointing=False).fit(_module(student), datamodule=_data())
+    assert sum(p.numel() for p in student.parameters()) < 0.5 * params_before
+
+
+def test_unknown_importance_is_refused():
+    with pytest.raises(TierkitError, match="importance"):
+        StructuredPruning(importance="random")
+
+
+def test_pruning_refuses_multi_process_training_clearly():
+    pruning = StructuredPruning(target=0.5)
+    trainer = _trainer(1, [pruning], enable_checkpointing=False, strategy="ddp_spawn", devices=2)
+    with pytest.raises(TierkitError, match="DDP"):
+        pruning.setup(trainer, _module(SmallCNN(SHAPE, 4)), "fit")

@@ -1,0 +1,115 @@
+"""`python export.py`: turn finished runs into verified ONNX files, one folder per tier."""
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from tierkit.errors import TierkitError
+from tierkit.export import export_onnx, max_output_difference, onnx_test_accuracy
+from tierkit.models.checkpoint import load_student
+from tierkit.profile import ort_session
+from tierkit.utils.files import write_json
+from tierkit.utils.instantiate import instantiate
+from tierkit.utils.model_stats import model_stats
+from tierkit.utils.noise import silence_known_noise
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "conf")
+
+
+def find_runs(cfg: DictConfig) -> list[Path]:
+    """Run folders to export: the one named, every job of a sweep folder, or the newest of either."""
+    root = Path(cfg.paths.root_dir)
+    checkpoint = f"checkpoints/{cfg.checkpoint}.ckpt"
+    if cfg.run == "latest":
+        candidates = [p for folder in ("outputs", "multirun") for p in (root / folder).glob("*/*") if p.is_dir()]
+        runs_by_folder = {c: sorted(p.parent.parent for p in c.glob(f"**/{checkpoint}")) for c in candidates}
+        runs_by_folder = {c: runs for c, runs in runs_by_folder.items() if runs}
+        if not runs_by_folder:
+            raise TierkitError(
+                f"no run with a {checkpoint} under {root / 'outputs'} or {root / 'multirun'}",
+                where="run",
+                fix="train first (python train.py), or pass run=<folder>",
+            )
+        return runs_by_folder[max(runs_by_folder, key=lambda c: c.stat().st_mtime)]
+    folder = Path(cfg.run).expanduser()
+    runs = sorted(p.parent.parent for p in folder.glob(f"**/{checkpoint}")) if folder.is_dir() else []
+    if not runs:
+        raise TierkitError(
+            f"{folder} holds no {checkpoint}" if folder.is_dir() else f"run folder {folder} does not exist",
+            where="run",
+            fix="pass a run folder (outputs/<date>/<time>) or a sweep folder (multirun/<date>/<time>)",
+        )
+    return runs
+
+
+def export_run(run: Path, cfg: DictConfig, out: Path) -> dict[str, Any]:
+    student, config = load_student(run / "checkpoints" / f"{cfg.checkpoint}.ckpt")
+    shape = tuple(config.data.input_shape)
+    tier = config.tier.name
+    target = out / tier if not (out / tier).exists() else out / f"{tier}-{run.name}"
+    path = export_onnx(student, target / "fp32.onnx", shape)
+    session = ort_session(path, threads=1)
+    difference = max_output_difference(student, session, torch.randn(8, *shape))
+    if difference > cfg.max_logit_difference:
+        raise TierkitError(
+            f"ONNX Runtime and PyTorch disagree on {path} (max logit difference {difference:.2e})",
+            where=str(run),
+            fix="report this model: an operator exported incorrectly",
+        )
+    accuracy = onnx_test_accuracy(session, instantiate(config.data, where=f"{run} data config"))
+    return {
+        "run": str(run),
+        "tier": tier,
+        "precision": "fp32",
+        "file": str(path.relative_to(out)),
+        "bytes": path.stat().st_size,
+        "onnx_test_acc": accuracy,
+        "max_logit_difference": difference,
+        **{k: v for k, v in model_stats(student, shape).items() if k != "size_bytes"},
+    }
+
+
+def export(cfg: DictConfig) -> list[dict[str, Any]]:
+    runs = find_runs(cfg)
+    out = Path(cfg.output_dir)
+    rows = [export_run(run, cfg, out) for run in track(runs, description="Exporting to ONNX")]
+    write_json(out / "export.json", {"exports": rows})
+    table = Table(title=f"ONNX exports in {out}")
+    for column in ("tier", "file", "size", "params", "MACs", "ONNX Runtime test acc", "max |Δ logit|"):
+        table.add_column(column, justify="left" if column in ("tier", "file") else "right")
+    for row in rows:
+        table.add_row(
+            row["tier"],
+            row["file"],
+            f"{row['bytes'] / 1024:.1f} KiB",
+            f"{row['params']:,}",
+            f"{row['macs']:,}",
+            f"{100 * row['onnx_test_acc']:.2f}%",
+            f"{row['max_logit_difference']:.1e}",
+        )
+    Console().print(table)
+    return rows
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+def main(cfg: DictConfig) -> None:
+    silence_known_noise()
+    try:
+        export(cfg)
+    except TierkitError as exc:
+        log.error("%s", exc.render())
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Check an exported model: does ONNX Runtime compute what PyTorch did, and how accurate is it there?"""
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from tierkit.data.base import ArrayDataModule
+
+
+def max_output_difference(model: nn.Module, session: ort.InferenceSession, inputs: torch.Tensor) -> float:
+    """Largest absolute logit difference between PyTorch and ONNX Runtime on ``inputs``."""
+    with torch.no_grad():
+        expected = model.eval()(inputs).numpy()
+    actual = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]
+    return float(np.abs(actual - expected).max())
+
+
+def onnx_test_accuracy(session: ort.InferenceSession, datamodule: ArrayDataModule, batch_size: int = 1000) -> float:
+    """Accuracy of the ONNX model on the datamodule's test split, run in ONNX Runtime."""
+    datamodule.setup()
+    test = datamodule.splits["test"]
+    name = session.get_inputs()[0].name
+    correct = 0
+    for start in range(0, len(test), batch_size):
+        images = test.images[start : start + batch_size].numpy()
+        logits = session.run(None, {name: images})[0]
+        correct += int((logits.argmax(1) == test.labels[start : start + batch_size].numpy()).sum())
+    return correct / len(test)
