@@ -125,3 +125,16 @@ def test_export_of_a_missing_run_fails_clearly(tmp_path):
     assert result.returncode == 2
     assert "/no/such/run does not exist" in result.stdout + result.stderr
     assert not (tmp_path / "exports").exists() or not list((tmp_path / "exports").rglob("export.json"))
+
+
+@pytest.mark.slow
+def test_pruning_under_two_process_ddp_keeps_ranks_identical(tmp_path):
+    run = tmp_path / "outputs" / "ddp"
+    # debug bundles pin one device, so ask for two again.
+    result = run_cli(tmp_path, *TINY, *PRUNED, "trainer=ddp_cpu", "trainer.devices=2", f"hydra.run.dir={run}")
+    assert "MEMBER: 1/2" in result.stdout + result.stderr, "two processes must take part"
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["pruning"]["steps_done"] == 2
+    student, _ = load_student(run / "checkpoints" / "best.ckpt")
+    assert sum(p.numel() for p in student.parameters()) == metrics["student"]["params"]

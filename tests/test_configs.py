@@ -40,6 +40,8 @@ def test_tiers_order_students_and_budgets(tmp_path):
     widths = [tiers[t].model.student.width for t in ("highend", "midrange", "lowend")]
     drops = [tiers[t].tier.budgets.max_accuracy_drop for t in ("highend", "midrange", "lowend")]
     sizes = [tiers[t].tier.budgets.max_size_kib for t in ("highend", "midrange", "lowend")]
+    targets = [tiers[t].callbacks.pruning.target for t in ("highend", "midrange", "lowend")]
+    assert targets == sorted(targets) and targets[0] < targets[-1], "light pruning for highend, heavy for lowend"
     assert widths == sorted(widths, reverse=True)
     assert drops == sorted(drops)
     assert sizes == sorted(sizes, reverse=True)

@@ -192,10 +192,3 @@ def test_every_importance_criterion_prunes(importance):
 def test_unknown_importance_is_refused():
     with pytest.raises(TierkitError, match="importance"):
         StructuredPruning(importance="random")
-
-
-def test_pruning_refuses_multi_process_training_clearly():
-    pruning = StructuredPruning(target=0.5)
-    trainer = _trainer(1, [pruning], enable_checkpointing=False, strategy="ddp_spawn", devices=2)
-    with pytest.raises(TierkitError, match="DDP"):
-        pruning.setup(trainer, _module(SmallCNN(SHAPE, 4)), "fit")

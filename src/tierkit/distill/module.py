@@ -118,14 +118,14 @@ class DistillationModule(L.LightningModule):
                 fix="lower optimizer.lr, or check the data for NaN/inf values",
             )
         for name, value in terms.items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True, prog_bar=name == "loss")
-        self.log("train/acc", (logits.argmax(-1) == y).float().mean(), on_step=False, on_epoch=True)
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, prog_bar=name == "loss", sync_dist=True)
+        self.log("train/acc", (logits.argmax(-1) == y).float().mean(), on_step=False, on_epoch=True, sync_dist=True)
         return terms["loss"]
 
     def _evaluate(self, batch: tuple, stage: str) -> None:
         x, y, *_ = batch
         logits = self.student(x)
-        self.log(f"{stage}/loss", nn.functional.cross_entropy(logits, y), on_epoch=True)
+        self.log(f"{stage}/loss", nn.functional.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
         self.metrics[f"{stage}_acc"](logits, y)
         self.log(f"{stage}/acc", self.metrics[f"{stage}_acc"], on_epoch=True, prog_bar=True)
         if self._teacher is not None:

@@ -111,11 +111,16 @@ def train_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, key: str) 
     with tempfile.TemporaryDirectory(prefix="tierkit-teacher-") as tmp:
         checkpoint = ModelCheckpoint(dirpath=tmp, filename="teacher", monitor="val/acc", mode="max")
         callbacks = [checkpoint] + ([instantiate(progress, where="callbacks.progress")] if progress else [])
+        # One process: under DDP the student's ranks start only after the teacher is cached, so no rank
+        # waits on the cache lock while another waits for it to join the process group.
         trainer = instantiate(
             cfg.trainer,
             where="trainer",
             max_epochs=cfg.teacher.max_epochs,
             min_epochs=1,
+            devices=1,
+            num_nodes=1,
+            strategy="auto",
             callbacks=callbacks,
             logger=CSVLogger(Path(cfg.paths.output_dir) / "logs", name="teacher", version=""),
         )

@@ -14,7 +14,12 @@ from torch import nn
 
 from tierkit.errors import TierkitError
 from tierkit.prune.schedules import pruning_schedule
-from tierkit.utils.checkpointing import forget_best_checkpoints, rebuild_optimizers
+from tierkit.utils.checkpointing import (
+    check_same_structure_on_all_ranks,
+    forget_best_checkpoints,
+    rebuild_optimizers,
+    rewrap_distributed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +124,6 @@ class StructuredPruning(Callback):
         """Fail before training if the student cannot be pruned as configured."""
         if stage != "fit":
             return
-        if trainer.world_size > 1:
-            raise TierkitError(
-                "StructuredPruning does not support multi-process (DDP) training yet",
-                where="trainer.strategy / callbacks.pruning",
-                fix="train with one process (trainer=default or trainer=cpu), or drop pruning with ~callbacks.pruning",
-            )
         student, example = self._student_and_example(trainer, pl_module)
         self.protected_layers(student, pl_module.num_classes)
         if not self.original_widths:
@@ -165,6 +164,8 @@ class StructuredPruning(Callback):
             pruner.step()
         student.zero_grad(set_to_none=True)
         self.steps_done += 1
+        check_same_structure_on_all_ranks(trainer, student)
+        rewrap_distributed(trainer)
         rebuild_optimizers(trainer)
         forget_best_checkpoints(trainer)
         self._log_step(trainer, pl_module, student, example, goal)
@@ -209,6 +210,8 @@ class StructuredPruning(Callback):
             "kept": kept,
         }
         self.history.append(record)
+        if not trainer.is_global_zero:
+            return
         log.info(
             "Pruning step %d/%d at epoch %d: %.0f%% of channels removed, %s params, %s MACs",
             self.steps_done,

@@ -1,7 +1,16 @@
 """Helpers for callbacks that change the model's architecture during training."""
 
+import hashlib
+import json
+
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
+from torch import nn
+
+from tierkit.errors import TierkitError
+from tierkit.models.structure import describe_structure
 
 
 def forget_best_checkpoints(trainer: L.Trainer) -> None:
@@ -16,6 +25,29 @@ def forget_best_checkpoints(trainer: L.Trainer) -> None:
             callback.kth_best_model_path = ""
             callback.kth_value = callback.best_model_score = None
             callback.best_model_path = ""
+
+
+def rewrap_distributed(trainer: L.Trainer) -> None:
+    """DDP registers parameters when it wraps the model: after a structural change it must wrap again."""
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy):
+        strategy.model = strategy._setup_model(strategy.lightning_module)
+        strategy._register_ddp_hooks()
+
+
+def check_same_structure_on_all_ranks(trainer: L.Trainer, model: nn.Module) -> None:
+    """Every rank prunes from identical (DDP-synchronised) weights; verify they reached identical shapes."""
+    if trainer.world_size == 1:
+        return
+    digest = hashlib.sha256(json.dumps(describe_structure(model), sort_keys=True).encode()).digest()[:8]
+    local = torch.tensor(int.from_bytes(digest, "big") >> 1, dtype=torch.long, device=trainer.strategy.root_device)
+    gathered = trainer.strategy.all_gather(local)
+    if not bool((gathered == local).all()):
+        raise TierkitError(
+            "ranks disagree on the pruned architecture",
+            where="callbacks.pruning under DDP",
+            fix="report this: weights were not synchronised across processes before pruning",
+        )
 
 
 def rebuild_optimizers(trainer: L.Trainer) -> None:
