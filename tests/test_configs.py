@@ -56,6 +56,7 @@ def test_hardware_options_describe_ort_settings(tmp_path, option):
     assert hardware.name == option
     assert hasattr(ort.GraphOptimizationLevel, hardware.graph_optimization_level)
     assert hardware.intra_op_num_threads >= 0
+    assert hardware.channel_multiple >= 1
 
 
 @pytest.mark.parametrize("option", options("trainer"))

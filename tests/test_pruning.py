@@ -192,3 +192,21 @@ def test_every_importance_criterion_prunes(importance):
 def test_unknown_importance_is_refused():
     with pytest.raises(TierkitError, match="importance"):
         StructuredPruning(importance="random")
+
+
+class NeedsAMask(torch.nn.Module):
+    """A forward that wants a second input: torch-pruning cannot trace it from an image alone."""
+
+    def __init__(self, input_shape, num_classes):
+        super().__init__()
+        self.head = torch.nn.Linear(int(np.prod(input_shape)), num_classes)
+
+    def forward(self, x, mask):
+        return self.head(x.flatten(1) * mask)
+
+
+def test_untraceable_model_fails_before_training_with_the_reason():
+    pruning = StructuredPruning(target=0.5)
+    with pytest.raises(TierkitError, match="cannot trace NeedsAMask") as err:
+        _trainer(1, [pruning], enable_checkpointing=False).fit(_module(NeedsAMask(SHAPE, 4)), datamodule=_data())
+    assert "~callbacks.pruning" in str(err.value)
