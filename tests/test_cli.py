@@ -105,19 +105,21 @@ def test_nan_loss_stops_without_leaving_a_best_checkpoint(tmp_path):
     assert not (run / "checkpoints" / "best.ckpt").exists()
 
 
-def test_export_writes_verified_onnx_per_tier(finished_run, tmp_path):
+def test_export_writes_verified_fp32_fp16_int8_per_tier(finished_run, tmp_path):
     root, run, _ = finished_run
     out = tmp_path / "exports"
     result = run_cli(root, f"run={run}", f"output_dir={out}", script="export.py")
     assert result.returncode == 0, result.stderr[-3000:]
-    exported = json.loads((out / "export.json").read_text())["exports"]
-    assert [row["tier"] for row in exported] == ["midrange"]
-    row = exported[0]
-    assert (out / row["file"]).is_file() and row["file"] == "midrange/fp32.onnx"
-    assert row["max_logit_difference"] < 1e-3
-    assert 0 <= row["onnx_test_acc"] <= 1
+    exported = {row["precision"]: row for row in json.loads((out / "export.json").read_text())["exports"]}
+    assert sorted(exported) == ["fp16", "fp32", "int8"]
+    assert all(row["tier"] == "midrange" and (out / row["file"]).is_file() for row in exported.values())
+    assert exported["fp32"]["file"] == "midrange/fp32.onnx"
+    assert exported["fp32"]["max_logit_difference"] < 1e-3
+    assert exported["int8"]["float_compute_ops"] == [], "INT8 layers must run on integer kernels"
+    assert exported["int8"]["bytes"] < exported["fp16"]["bytes"] < exported["fp32"]["bytes"]
+    assert all(0 <= row["onnx_test_acc"] <= 1 for row in exported.values())
     metrics = json.loads((run / "metrics.json").read_text())
-    assert row["params"] == metrics["student"]["params"], "the pruned student is exported, not a fresh one"
+    assert exported["fp32"]["params"] == metrics["student"]["params"], "the pruned student is exported"
 
 
 def test_export_of_a_missing_run_fails_clearly(tmp_path):

@@ -1,4 +1,4 @@
-"""`python export.py`: turn finished runs into verified ONNX files, one folder per tier."""
+"""`python export.py`: turn finished runs into verified ONNX files (FP32, FP16, INT8), one folder per tier."""
 
 import logging
 import sys
@@ -14,8 +14,11 @@ from rich.table import Table
 
 from tierkit.errors import TierkitError
 from tierkit.export import export_onnx, max_output_difference, onnx_test_accuracy
+from tierkit.export.verify import float_compute_ops
 from tierkit.models.checkpoint import load_student
 from tierkit.profile import ort_session
+from tierkit.quant import calibration_samples, convert_fp16, quantize_int8
+from tierkit.quant.cpu import needs_reduced_range
 from tierkit.utils.files import write_json
 from tierkit.utils.instantiate import instantiate
 from tierkit.utils.model_stats import model_stats
@@ -52,50 +55,84 @@ def find_runs(cfg: DictConfig) -> list[Path]:
     return runs
 
 
-def export_run(run: Path, cfg: DictConfig, out: Path) -> dict[str, Any]:
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def export_run(run: Path, cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
+    """Export one run's student in every requested precision; one row per ONNX file."""
+    unknown = set(cfg.precisions) - set(PRECISIONS)
+    if unknown:
+        raise TierkitError(
+            f"unknown precision(s) {sorted(unknown)}",
+            where="precisions",
+            fix=f"choose from {', '.join(PRECISIONS)}",
+        )
     student, config = load_student(run / "checkpoints" / f"{cfg.checkpoint}.ckpt")
     shape = tuple(config.data.input_shape)
     tier = config.tier.name
     target = out / tier if not (out / tier).exists() else out / f"{tier}-{run.name}"
-    path = export_onnx(student, target / "fp32.onnx", shape)
-    session = ort_session(path, threads=1)
-    difference = max_output_difference(student, session, torch.randn(8, *shape))
+    datamodule = instantiate(config.data, where=f"{run} data config")
+    paths = {"fp32": export_onnx(student, target / "fp32.onnx", shape)}
+    difference = max_output_difference(student, ort_session(paths["fp32"]), torch.randn(8, *shape))
     if difference > cfg.max_logit_difference:
         raise TierkitError(
-            f"ONNX Runtime and PyTorch disagree on {path} (max logit difference {difference:.2e})",
+            f"ONNX Runtime and PyTorch disagree on {paths['fp32']} (max logit difference {difference:.2e})",
             where=str(run),
             fix="report this model: an operator exported incorrectly",
         )
-    accuracy = onnx_test_accuracy(session, instantiate(config.data, where=f"{run} data config"))
-    return {
-        "run": str(run),
-        "tier": tier,
-        "precision": "fp32",
-        "file": str(path.relative_to(out)),
-        "bytes": path.stat().st_size,
-        "onnx_test_acc": accuracy,
-        "max_logit_difference": difference,
-        **{k: v for k, v in model_stats(student, shape).items() if k != "size_bytes"},
-    }
+    reduce_range = needs_reduced_range() if cfg.reduce_range is None else bool(cfg.reduce_range)
+    if "fp16" in cfg.precisions:
+        paths["fp16"] = convert_fp16(paths["fp32"], target / "fp16.onnx")
+    if "int8" in cfg.precisions:
+        calibration = cfg.calibration
+        samples = calibration_samples(datamodule, calibration.samples, calibration.batch_size, calibration.seed)
+        paths["int8"] = quantize_int8(
+            paths["fp32"], target / "int8.onnx", samples, calibration.batch_size, calibration.method, reduce_range
+        )
+    stats = {k: v for k, v in model_stats(student, shape).items() if k != "size_bytes"}
+    rows = []
+    for precision in PRECISIONS:
+        if precision not in paths or (precision == "fp32" and "fp32" not in cfg.precisions):
+            continue
+        path = paths[precision]
+        row = {
+            "run": str(run),
+            "tier": tier,
+            "precision": precision,
+            "file": str(path.relative_to(out)),
+            "bytes": path.stat().st_size,
+            "onnx_test_acc": onnx_test_accuracy(ort_session(path), datamodule),
+            **stats,
+        }
+        if precision == "fp32":
+            row["max_logit_difference"] = difference
+        if precision == "int8":
+            row["reduce_range"] = reduce_range
+            row["calibration"] = dict(cfg.calibration)
+            row["float_compute_ops"] = float_compute_ops(path)
+        rows.append(row)
+    return rows
 
 
 def export(cfg: DictConfig) -> list[dict[str, Any]]:
     runs = find_runs(cfg)
     out = Path(cfg.output_dir)
-    rows = [export_run(run, cfg, out) for run in track(runs, description="Exporting to ONNX")]
+    rows = [row for run in track(runs, description="Exporting to ONNX") for row in export_run(run, cfg, out)]
     write_json(out / "export.json", {"exports": rows})
     table = Table(title=f"ONNX exports in {out}")
-    for column in ("tier", "file", "size", "params", "MACs", "ONNX Runtime test acc", "max |Δ logit|"):
-        table.add_column(column, justify="left" if column in ("tier", "file") else "right")
+    for column in ("tier", "precision", "file", "size", "params", "MACs", "ONNX Runtime test acc"):
+        table.add_column(
+            column, justify="left" if column in ("tier", "precision", "file") else "right", overflow="fold"
+        )
     for row in rows:
         table.add_row(
             row["tier"],
+            row["precision"],
             row["file"],
             f"{row['bytes'] / 1024:.1f} KiB",
             f"{row['params']:,}",
             f"{row['macs']:,}",
             f"{100 * row['onnx_test_acc']:.2f}%",
-            f"{row['max_logit_difference']:.1e}",
         )
     Console().print(table)
     return rows

@@ -1,6 +1,10 @@
 """Check an exported model: does ONNX Runtime compute what PyTorch did, and how accurate is it there?"""
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
@@ -27,3 +31,22 @@ def onnx_test_accuracy(session: ort.InferenceSession, datamodule: ArrayDataModul
         logits = session.run(None, {name: images})[0]
         correct += int((logits.argmax(1) == test.labels[start : start + batch_size].numpy()).sum())
     return correct / len(test)
+
+
+FLOAT_COMPUTE_OPS = {"Conv", "Gemm", "MatMul", "ConvTranspose"}
+
+
+def float_compute_ops(session_path: str | Path) -> list[str]:
+    """Float Conv/Gemm/MatMul nodes left after ONNX Runtime's graph optimizations.
+
+    An INT8 model that still has them runs those layers in float: the quantization did not take.
+    """
+    with tempfile.TemporaryDirectory(prefix="tierkit-optimized-") as scratch:
+        optimized = Path(scratch) / "optimized.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(optimized)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(session_path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(str(optimized)).graph
+    return [node.op_type for node in graph.node if node.op_type in FLOAT_COMPUTE_OPS]

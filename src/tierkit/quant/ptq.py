@@ -1,0 +1,93 @@
+"""FP16 conversion and ONNX Runtime static INT8 quantization with calibration.
+
+INT8 uses the layout ONNX Runtime fuses into integer kernels on x86 (QLinearConv, QGemm):
+QDQ format, per-channel signed weights, unsigned activations.
+"""
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxconverter_common import float16
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from tierkit.data.base import ArrayDataModule
+from tierkit.errors import TierkitError
+from tierkit.utils.files import atomic_write
+
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "percentile": CalibrationMethod.Percentile,
+    "entropy": CalibrationMethod.Entropy,
+}
+
+
+def calibration_samples(datamodule: ArrayDataModule, num_samples: int, batch_size: int, seed: int = 0) -> np.ndarray:
+    """A seeded random subset of the training split (never the test split) for calibration."""
+    datamodule.setup()
+    train = datamodule.splits["train"]
+    if num_samples < batch_size or len(train) < batch_size:
+        raise TierkitError(
+            f"calibration needs at least one batch of {batch_size} samples; asked for {num_samples}, "
+            f"the training split has {len(train)}",
+            where="calibration.samples",
+            fix="raise calibration.samples (e.g. 512) or lower calibration.batch_size",
+        )
+    count = min(num_samples, len(train))
+    index = np.random.default_rng(seed).choice(len(train), size=count, replace=False)
+    return train.images[np.sort(index)].numpy()
+
+
+class _BatchReader(CalibrationDataReader):
+    def __init__(self, samples: np.ndarray, batch_size: int, input_name: str):
+        self.batches = iter(np.array_split(samples, max(1, len(samples) // batch_size)))
+        self.input_name = input_name
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {self.input_name: batch}
+
+
+def quantize_int8(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    samples: np.ndarray,
+    batch_size: int = 64,
+    method: str = "minmax",
+    reduce_range: bool = False,
+) -> Path:
+    """Static INT8 (QDQ, per-channel weights, uint8 activations) calibrated on ``samples``."""
+    if method not in CALIBRATION_METHODS:
+        raise TierkitError(
+            f"unknown calibration method {method!r}",
+            where="calibration.method",
+            fix=f"use one of {', '.join(CALIBRATION_METHODS)}",
+        )
+    input_name = onnx.load(str(fp32_path)).graph.input[0].name
+
+    def write(tmp: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix="tierkit-ptq-") as scratch:
+            prepared = Path(scratch) / "prepared.onnx"
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+            quantize_static(
+                str(prepared),
+                str(tmp),
+                _BatchReader(samples, batch_size, input_name),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                reduce_range=reduce_range,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CALIBRATION_METHODS[method],
+                extra_options={"CalibTensorRangeSymmetric": False},
+            )
+
+    return atomic_write(out_path, write)
+
+
+def convert_fp16(fp32_path: str | Path, out_path: str | Path) -> Path:
+    """Half-precision weights and compute, float32 inputs and outputs kept for callers."""
+    model = float16.convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    return atomic_write(out_path, lambda tmp: onnx.save(model, str(tmp)))

@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+
+from tierkit.data import SyntheticDataModule
+from tierkit.errors import TierkitError
+from tierkit.export import export_onnx, onnx_test_accuracy
+from tierkit.export.verify import float_compute_ops
+from tierkit.models import MLP, SmallCNN
+from tierkit.profile import ort_session
+from tierkit.quant import calibration_samples, convert_fp16, quantize_int8
+from tierkit.quant.cpu import needs_reduced_range
+
+SHAPE = (1, 16, 16)
+
+
+def _data(num_samples=128):
+    return SyntheticDataModule(input_shape=list(SHAPE), num_classes=4, mean=[0.5], std=[0.3], num_samples=num_samples)
+
+
+@pytest.mark.parametrize("model", [SmallCNN(SHAPE, 4, width=0.5), MLP(SHAPE, 4, width=0.25)], ids=["cnn", "mlp"])
+def test_int8_runs_on_integer_kernels_and_tracks_fp32(tmp_path, model):
+    data = _data()
+    fp32 = export_onnx(model.eval(), tmp_path / "fp32.onnx", SHAPE)
+    assert float_compute_ops(fp32), "the FP32 graph has float Conv/Gemm to begin with"
+    int8 = quantize_int8(fp32, tmp_path / "int8.onnx", calibration_samples(data, 64, 16), batch_size=16)
+    assert float_compute_ops(int8) == []
+    x = data.splits["test"].images[:16].numpy()
+    reference = ort_session(fp32).run(None, {"input": x})[0]
+    quantized = ort_session(int8).run(None, {"input": x})[0]
+    assert (reference.argmax(1) == quantized.argmax(1)).mean() >= 0.9
+    assert int8.stat().st_size < fp32.stat().st_size
+
+
+def test_fp16_keeps_float32_io_and_halves_weights(tmp_path):
+    data = _data()
+    model = SmallCNN(SHAPE, 4, width=1.0).eval()
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx", SHAPE)
+    fp16 = convert_fp16(fp32, tmp_path / "fp16.onnx")
+    session = ort_session(fp16)
+    assert session.get_inputs()[0].type == "tensor(float)"
+    assert fp16.stat().st_size < 0.6 * fp32.stat().st_size
+    assert abs(onnx_test_accuracy(session, data) - onnx_test_accuracy(ort_session(fp32), data)) <= 0.05
+
+
+@pytest.mark.parametrize(("samples", "batch"), [(0, 16), (8, 16)])
+def test_calibration_smaller_than_a_batch_is_refused(samples, batch):
+    with pytest.raises(TierkitError, match="at least one batch"):
+        calibration_samples(_data(), samples, batch)
+
+
+def test_calibration_never_uses_test_images():
+    data = _data()
+    samples = calibration_samples(data, 64, 16)
+    test = {row.tobytes() for row in data.splits["test"].images.numpy()}
+    assert not test & {row.tobytes() for row in samples}
+
+
+def test_unknown_calibration_method_is_refused(tmp_path):
+    fp32 = export_onnx(MLP(SHAPE, 4, width=0.25).eval(), tmp_path / "fp32.onnx", SHAPE)
+    with pytest.raises(TierkitError, match="calibration method"):
+        quantize_int8(fp32, tmp_path / "int8.onnx", np.zeros((16, *SHAPE), np.float32), method="kl")
+    assert not (tmp_path / "int8.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({"avx2", "avx512f", "avx512_vnni"}, False),
+        ({"sse4_2", "avx2"}, True),
+        ({"avx_vnni", "avx2"}, False),
+        (set(), False),
+    ],
+)
+def test_reduced_range_only_for_x86_without_vnni(flags, expected):
+    assert needs_reduced_range(flags) is expected
+
+
+def test_int8_export_is_deterministic_for_a_seed(tmp_path):
+    data = _data()
+    fp32 = export_onnx(SmallCNN(SHAPE, 4, width=0.5).eval(), tmp_path / "fp32.onnx", SHAPE)
+    paths = [
+        quantize_int8(fp32, tmp_path / f"int8_{i}.onnx", calibration_samples(data, 64, 16, seed=3), batch_size=16)
+        for i in range(2)
+    ]
+    x = torch.randn(4, *SHAPE).numpy()
+    a, b = (ort_session(p).run(None, {"input": x})[0] for p in paths)
+    np.testing.assert_array_equal(a, b)
