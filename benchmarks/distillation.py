@@ -6,7 +6,6 @@ Writes benchmarks/results/distillation.{json,md}.
 """
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -14,10 +13,8 @@ from pathlib import Path
 
 from tierkit.utils.noise import silence_known_noise
 
-from machine import describe
+from machine import describe, save_results
 from runs import train_with
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run(tier: str, seed: int, kd: bool, out: Path, extra: list[str]) -> dict:
@@ -89,10 +86,7 @@ def main() -> None:
         f"Mean ± sample standard deviation over seeds {', '.join(map(str, args.seeds))} (the same seeds with and "
         f"without KD); {len(args.seeds) * len(args.tiers) * 2} runs in {time.perf_counter() - started:.0f} s.",
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "distillation.json").write_text(json.dumps({"machine": describe(), "rows": rows}, indent=2) + "\n")
-    (RESULTS / "distillation.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_results("distillation", {"rows": rows}, lines)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Describe the machine a benchmark ran on: every figure is printed with it."""
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -30,3 +31,15 @@ def describe() -> str:
         f"CPU: {cpu_model()} ({os.cpu_count()} cores; flags: {' '.join(cpu_flags()) or '-'}); "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def save_results(name: str, payload: dict, table_lines: list[str] | None = None) -> None:
+    """Write results/<name>.json (with the machine description) and, given a table, results/<name>.md."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps({"machine": describe(), **payload}, indent=2, default=str) + "\n")
+    if table_lines is not None:
+        (RESULTS / f"{name}.md").write_text("\n".join(table_lines) + "\n")
+        print("\n".join(table_lines))

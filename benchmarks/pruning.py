@@ -8,7 +8,6 @@ Writes benchmarks/results/pruning.{json,md}.
 """
 
 import argparse
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -22,10 +21,9 @@ from tierkit.models.checkpoint import load_student
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
 from tierkit.utils.noise import silence_known_noise
 
-from machine import describe
+from machine import describe, save_results
 from runs import train_with
 
-RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("unpruned", "structured", "modelpruning")
 
 
@@ -128,12 +126,7 @@ def main() -> None:
         f"mean ± sd over seeds {', '.join(map(str, args.seeds))}. Latency is the median of interleaved ONNX Runtime "
         "runs (batch 1, one thread, all graph optimizations), averaged over the seeds' models.",
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "pruning.json").write_text(
-        json.dumps({"machine": describe(), "runs": runs}, indent=2, default=str) + "\n"
-    )
-    (RESULTS / "pruning.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_results("pruning", {"runs": runs}, lines)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ With no --runs, the newest run under outputs/ is used. Writes benchmarks/results
 """
 
 import argparse
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -25,10 +24,9 @@ from tierkit.profile.latency import latency_probe, measure_latency, ort_session
 from tierkit.quant import calibration_samples, convert_fp16, quantize_int8
 from tierkit.utils.noise import silence_known_noise
 
-from machine import describe
+from machine import describe, save_results
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -105,10 +103,7 @@ def main() -> None:
         "calibration on 512 training images. FP16 keeps float32 inputs and outputs. Latency: median of "
         "interleaved runs at batch 1 on one thread after warm-up. Below 1.00x means faster than FP32.",
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "quantization.json").write_text(json.dumps({"machine": describe(), "rows": rows}, indent=2) + "\n")
-    (RESULTS / "quantization.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_results("quantization", {"rows": rows}, lines)
 
 
 if __name__ == "__main__":

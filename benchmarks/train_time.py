@@ -4,7 +4,6 @@ python benchmarks/train_time.py [--repeats N] [extra overrides...]
 """
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -12,10 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import describe
+from machine import describe, save_results
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 
 
 def timed_run(cache_dir: Path, run_dir: Path, overrides: list[str]) -> float:
@@ -45,14 +43,12 @@ def main() -> None:
             warm.append(timed_run(cache, Path(tmp) / f"warm{i}", args.overrides))
             print(f"repeat {i + 1}: cold {cold[-1]:.1f} s, warm {warm[-1]:.1f} s", flush=True)
     result = {
-        "machine": describe(),
         "command": " ".join(["python train.py", *args.overrides]),
         "cold_seconds_median": round(statistics.median(cold), 1),
         "warm_seconds_median": round(statistics.median(warm), 1),
         "repeats": args.repeats,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "train_time.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_results("train_time", result)
     print(
         f"python train.py {' '.join(args.overrides)}: {result['cold_seconds_median']} s with the teacher trained, "
         f"{result['warm_seconds_median']} s with it cached (median of {args.repeats})"

@@ -73,7 +73,8 @@ def export_run(run: Path, cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
     target = out / tier if not (out / tier).exists() else out / f"{tier}-{run.name}"
     datamodule = instantiate(config.data, where=f"{run} data config")
     paths = {"fp32": export_onnx(student, target / "fp32.onnx", shape)}
-    difference = max_output_difference(student, ort_session(paths["fp32"]), torch.randn(8, *shape))
+    sessions = {"fp32": ort_session(paths["fp32"])}
+    difference = max_output_difference(student, sessions["fp32"], torch.randn(8, *shape))
     if difference > cfg.max_logit_difference:
         raise TierkitError(
             f"ONNX Runtime and PyTorch disagree on {paths['fp32']} (max logit difference {difference:.2e})",
@@ -101,7 +102,7 @@ def export_run(run: Path, cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
             "precision": precision,
             "file": str(path.relative_to(out)),
             "bytes": path.stat().st_size,
-            "onnx_test_acc": onnx_test_accuracy(ort_session(path), datamodule),
+            "onnx_test_acc": onnx_test_accuracy(sessions.get(precision) or ort_session(path), datamodule),
             **stats,
         }
         if precision == "fp32":
