@@ -16,7 +16,7 @@ import hydra
 import numpy as np
 import torch
 
-from tierkit.export import export_onnx, onnx_test_accuracy
+from tierkit.export import export_onnx, onnx_accuracy
 from tierkit.models.checkpoint import load_student
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
 from tierkit.utils.noise import silence_known_noise
@@ -78,7 +78,7 @@ def main() -> None:
                 onnx_path = export_onnx(student, Path(tmp) / f"{variant}-{seed}.onnx", shape)
                 metrics["onnx_bytes"] = onnx_path.stat().st_size
                 session = ort_session(onnx_path, threads=1)
-                metrics["ort_test_acc"] = onnx_test_accuracy(session, hydra.utils.instantiate(config.data))
+                metrics["ort_test_acc"] = onnx_accuracy(session, hydra.utils.instantiate(config.data))
                 probes[(variant, seed)] = latency_probe(session, np.zeros((1, *shape), dtype=np.float32))
                 runs[variant].append(metrics)
                 print(f"seed {seed} {variant}: ORT test acc {100 * metrics['ort_test_acc']:.2f}%", flush=True)

@@ -4,7 +4,7 @@ import torch
 
 from tierkit.data import SyntheticDataModule
 from tierkit.errors import TierkitError
-from tierkit.export import export_onnx, onnx_test_accuracy
+from tierkit.export import export_onnx, onnx_accuracy
 from tierkit.export.verify import float_compute_ops
 from tierkit.models import MLP, SmallCNN
 from tierkit.profile import ort_session
@@ -40,7 +40,7 @@ def test_fp16_keeps_float32_io_and_halves_weights(tmp_path):
     session = ort_session(fp16)
     assert session.get_inputs()[0].type == "tensor(float)"
     assert fp16.stat().st_size < 0.6 * fp32.stat().st_size
-    assert abs(onnx_test_accuracy(session, data) - onnx_test_accuracy(ort_session(fp32), data)) <= 0.05
+    assert abs(onnx_accuracy(session, data) - onnx_accuracy(ort_session(fp32), data)) <= 0.05
 
 
 @pytest.mark.parametrize(("samples", "batch"), [(0, 16), (8, 16)])

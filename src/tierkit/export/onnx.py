@@ -1,9 +1,12 @@
 """Single-file ONNX export with a dynamic batch axis, written atomically."""
 
+import contextlib
 import copy
+import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -12,29 +15,50 @@ from torch import nn
 from tierkit.utils.files import atomic_write
 
 
-def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int]) -> Path:
+def strip_debug_info(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the exporter's per-node stack traces and inferred shapes: they can be a fifth of a small model's
+    file, and they embed this machine's source paths. ONNX Runtime re-infers shapes when it loads."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del model.graph.value_info[:]
+    return model
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    input_shape: Sequence[int],
+    translations: dict[Any, Callable] | None = None,
+    post_process: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
+) -> Path:
     """Export ``model`` (eval mode, CPU) to one ``.onnx`` file with inputs ``input`` and outputs ``logits``.
 
     Weights are embedded (no ``.onnx.data`` side file) so the file size is the model's real size.
+    ``translations`` maps custom torch ops to ONNX functions; ``post_process`` rewrites the model before saving.
     """
-    probe = copy.deepcopy(model).cpu().eval()
+    probe = copy.deepcopy(model).cpu().eval().requires_grad_(False)
     example = (torch.zeros(2, *input_shape),)
     batch = torch.export.Dim("batch", min=1, max=4096)
 
     def write(tmp: Path) -> None:
-        with warnings.catch_warnings():
+        # The exporter prints its progress steps to stdout; a run's own progress display is enough.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            torch.onnx.export(
+            program = torch.onnx.export(
                 probe,
                 example,
-                str(tmp),
                 input_names=["input"],
                 output_names=["logits"],
                 dynamic_shapes=({0: batch},),
-                external_data=False,
+                custom_translation_table=translations,
                 dynamo=True,
                 verbose=False,
             )
+        exported = strip_debug_info(program.model_proto)
+        if post_process is not None:
+            exported = post_process(exported)
+        onnx.save(exported, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
 
     return atomic_write(Path(path).with_suffix(".onnx"), write)

@@ -20,10 +20,12 @@ def max_output_difference(model: nn.Module, session: ort.InferenceSession, input
     return float(np.abs(actual - expected).max())
 
 
-def onnx_test_accuracy(session: ort.InferenceSession, datamodule: ArrayDataModule, batch_size: int = 1000) -> float:
-    """Accuracy of the ONNX model on the datamodule's test split, run in ONNX Runtime."""
+def onnx_accuracy(
+    session: ort.InferenceSession, datamodule: ArrayDataModule, split: str = "test", batch_size: int = 1000
+) -> float:
+    """Accuracy of the ONNX model on one of the datamodule's splits, run in ONNX Runtime."""
     datamodule.setup()
-    test = datamodule.splits["test"]
+    test = datamodule.splits[split]
     name = session.get_inputs()[0].name
     correct = 0
     for start in range(0, len(test), batch_size):
@@ -33,7 +35,17 @@ def onnx_test_accuracy(session: ort.InferenceSession, datamodule: ArrayDataModul
     return correct / len(test)
 
 
-FLOAT_COMPUTE_OPS = {"Conv", "Gemm", "MatMul", "ConvTranspose"}
+# ONNX Runtime fuses a float Conv/Gemm/MatMul with its activation into these contrib ops: still float compute.
+FLOAT_COMPUTE_OPS = {
+    "Conv",
+    "Gemm",
+    "MatMul",
+    "ConvTranspose",
+    "FusedConv",
+    "FusedGemm",
+    "FusedMatMul",
+    "NhwcFusedConv",
+}
 
 
 def float_compute_ops(session_path: str | Path) -> list[str]:

@@ -16,9 +16,10 @@ class _DropMessages(logging.Filter):
 
 def silence_known_noise() -> None:
     """Hide Lightning's litlogger advert, the pytree deprecation it triggers in torch 2.13, and the ONNX
-    exporter's notes about torchvision ops (tierkit has no torchvision)."""
+    exporter's notes about torchvision ops (tierkit has no torchvision), and onnxscript's per-node optimizer notes."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropMessages("litlogger"))
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)
+    logging.getLogger("onnxscript").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
