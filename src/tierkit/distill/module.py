@@ -11,6 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from tierkit.distill.losses import distillation_loss
 from tierkit.errors import TierkitError
 from tierkit.models.structure import apply_structure, describe_structure
+from tierkit.quant.qat import prepare_qat, qat_settings
 
 CHECKPOINT_FORMAT = 1
 
@@ -68,6 +69,8 @@ class DistillationModule(L.LightningModule):
         self.cache_teacher_logits = cache_teacher_logits
         self.cached_teacher_logits: torch.Tensor | None = None
         self.run_config: dict | None = None
+        # Set for the QAT stage: the FP32 checkpoint it started from (resume and export compare against it).
+        self.fp32_checkpoint: str | None = None
         self.metrics = nn.ModuleDict(
             {
                 f"{stage}_{name}": MulticlassAccuracy(num_classes, average="micro")
@@ -154,11 +157,16 @@ class DistillationModule(L.LightningModule):
             "format": CHECKPOINT_FORMAT,
             "config": self.run_config,
             "structure": describe_structure(self.student),
+            "qat": qat_settings(self.student),
+            "fp32_checkpoint": self.fp32_checkpoint,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Reshape the student to the checkpoint's (possibly pruned) layers before Lightning loads weights."""
-        structure = checkpoint.get("tierkit", {}).get("structure")
-        if structure:
+        """Reshape the student to the checkpoint's (possibly pruned) layers, and insert its fake quantizers
+        if it was saved during QAT, before Lightning loads the weights."""
+        saved = checkpoint.get("tierkit", {})
+        if saved.get("structure"):
             weights = {k.removeprefix("student."): v for k, v in checkpoint["state_dict"].items()}
-            apply_structure(self.student, structure, weights)
+            apply_structure(self.student, saved["structure"], weights)
+        if saved.get("qat"):
+            self.student = prepare_qat(self.student, **saved["qat"])

@@ -9,10 +9,11 @@ from torch import nn
 from tierkit.errors import TierkitError
 from tierkit.models.build import build_model
 from tierkit.models.structure import apply_structure
+from tierkit.quant.qat import prepare_qat
 
 
 def load_student(path: str | Path) -> tuple[nn.Module, DictConfig]:
-    """The student in ``path`` (eval mode, pruned shapes included) and the run config it was trained with."""
+    """The student in ``path`` (eval mode, pruned shapes and QAT quantizers included) and its run config."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         saved = checkpoint["tierkit"]
@@ -26,5 +27,7 @@ def load_student(path: str | Path) -> tuple[nn.Module, DictConfig]:
     student = build_model(config.model.student, config.data.input_shape, config.data.num_classes, where=str(path))
     weights = {k.removeprefix("student."): v for k, v in checkpoint["state_dict"].items() if k.startswith("student.")}
     apply_structure(student, saved.get("structure", {}), weights)
+    if saved.get("qat"):
+        student = prepare_qat(student, **saved["qat"])
     student.load_state_dict(weights)
     return student.eval(), config

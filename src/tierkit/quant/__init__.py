@@ -1,5 +1,6 @@
-"""Post-training quantization of exported ONNX models: FP16 and calibrated static INT8."""
+"""Quantization: post-training FP16/INT8 of ONNX models, and quantization-aware training with QDQ export."""
 
+from tierkit.quant.callback import QuantizationAwareTraining
 from tierkit.quant.ptq import calibration_samples, convert_fp16, quantize_int8
 
-__all__ = ["calibration_samples", "convert_fp16", "quantize_int8"]
+__all__ = ["QuantizationAwareTraining", "calibration_samples", "convert_fp16", "quantize_int8"]
