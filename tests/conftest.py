@@ -11,12 +11,13 @@ import tierkit.utils.resolvers  # noqa: F401  (registers config resolvers for co
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "conf"
-# A fast recipe: tiny synthetic data, narrow models, Lightning's fast_dev_run.
+# A fast recipe: tiny synthetic data, narrow models, no quantization stage (tests/test_qat.py covers it).
 FAST = [
     "data=synthetic",
     "model.teacher.base_channels=8",
     "model.student.base_channels=8",
     "~callbacks.progress",
+    "quantization=off",
 ]
 
 

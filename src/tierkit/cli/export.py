@@ -1,5 +1,6 @@
 """`python export.py`: turn finished runs into verified ONNX files (FP32, FP16, INT8), one folder per tier."""
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -7,18 +8,21 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
+from torch import nn
 
 from tierkit.errors import TierkitError
-from tierkit.export import export_onnx, max_output_difference, onnx_test_accuracy
+from tierkit.export import export_onnx, max_output_difference, onnx_accuracy
 from tierkit.export.verify import float_compute_ops
 from tierkit.models.checkpoint import load_student
 from tierkit.profile import ort_session
 from tierkit.quant import calibration_samples, convert_fp16, quantize_int8
 from tierkit.quant.cpu import needs_reduced_range
+from tierkit.quant.qat import float_copy, is_prepared, qat_settings
+from tierkit.quant.qdq import export_qat_onnx
 from tierkit.utils.files import write_json
 from tierkit.utils.instantiate import instantiate
 from tierkit.utils.model_stats import model_stats
@@ -58,6 +62,24 @@ def find_runs(cfg: DictConfig) -> list[Path]:
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
+def shipped_qat_student(run: Path, student: nn.Module, checkpoint: str) -> nn.Module | None:
+    """The QAT model that a run ships as its INT8 variant, if its quantization stage chose QAT."""
+    if is_prepared(student):
+        return student
+    metrics_path = run / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    if metrics.get("quantization", {}).get("path") != "qat":
+        return None
+    qat_checkpoint = run / "checkpoints" / "qat" / f"{checkpoint}.ckpt"
+    if not qat_checkpoint.is_file():
+        raise TierkitError(
+            f"{metrics_path} says QAT shipped, but {qat_checkpoint} is missing",
+            where=str(run),
+            fix="re-run training for this run, or export with checkpoint=last if qat/last.ckpt exists",
+        )
+    return load_student(qat_checkpoint)[0]
+
+
 def export_run(run: Path, cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
     """Export one run's student in every requested precision; one row per ONNX file."""
     unknown = set(cfg.precisions) - set(PRECISIONS)
@@ -68,6 +90,9 @@ def export_run(run: Path, cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
             fix=f"choose from {', '.join(PRECISIONS)}",
         )
     student, config = load_student(run / "checkpoints" / f"{cfg.checkpoint}.ckpt")
+    qat_student = shipped_qat_student(run, student, cfg.checkpoint)
+    if is_prepared(student):
+        student = float_copy(student)
     shape = tuple(config.data.input_shape)
     tier = config.tier.name
     target = out / tier if not (out / tier).exists() else out / f"{tier}-{run.name}"
@@ -84,8 +109,11 @@ def export_run(run: Path, cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
     reduce_range = needs_reduced_range() if cfg.reduce_range is None else bool(cfg.reduce_range)
     if "fp16" in cfg.precisions:
         paths["fp16"] = convert_fp16(paths["fp32"], target / "fp16.onnx")
-    if "int8" in cfg.precisions:
-        calibration = cfg.calibration
+    calibration = cfg.calibration
+    if "int8" in cfg.precisions and qat_student is not None:
+        paths["int8"] = export_qat_onnx(qat_student, target / "int8.onnx", shape)
+        reduce_range = qat_settings(qat_student)["reduce_range"]
+    elif "int8" in cfg.precisions:
         samples = calibration_samples(datamodule, calibration.samples, calibration.batch_size, calibration.seed)
         paths["int8"] = quantize_int8(
             paths["fp32"], target / "int8.onnx", samples, calibration.batch_size, calibration.method, reduce_range
@@ -102,14 +130,16 @@ def export_run(run: Path, cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
             "precision": precision,
             "file": str(path.relative_to(out)),
             "bytes": path.stat().st_size,
-            "onnx_test_acc": onnx_test_accuracy(sessions.get(precision) or ort_session(path), datamodule),
+            "onnx_test_acc": onnx_accuracy(sessions.get(precision) or ort_session(path), datamodule),
             **stats,
         }
         if precision == "fp32":
             row["max_logit_difference"] = difference
         if precision == "int8":
+            row["int8_method"] = "qat" if qat_student is not None else "ptq"
             row["reduce_range"] = reduce_range
-            row["calibration"] = dict(cfg.calibration)
+            if qat_student is None:
+                row["calibration"] = OmegaConf.to_container(calibration)
             row["float_compute_ops"] = float_compute_ops(path)
         rows.append(row)
     return rows

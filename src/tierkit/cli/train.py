@@ -19,7 +19,10 @@ from tierkit.distill.module import check_distill_settings
 from tierkit.distill.teacher import obtain_teacher
 from tierkit.errors import TierkitError
 from tierkit.models.build import build_model, model_name
+from tierkit.models.checkpoint import load_student
 from tierkit.prune import StructuredPruning
+from tierkit.quant.callback import check_pruning_before_qat
+from tierkit.quant.escalation import check_qat_schedule, quantize_student
 from tierkit.utils.files import write_json
 from tierkit.utils.instantiate import instantiate, instantiate_callbacks, instantiate_loggers
 from tierkit.utils.model_stats import model_stats
@@ -34,13 +37,14 @@ MODEL_DEFINING_SECTIONS = ("data", "model", "distill", "teacher", "tier")
 
 
 def find_last_checkpoint(cfg: DictConfig) -> Path:
-    """The newest last.ckpt under the run and sweep folders, other than this run's own."""
+    """The newest last.ckpt (QAT stage included) under the run and sweep folders, other than this run's own."""
     root = Path(cfg.paths.root_dir)
     own = Path(cfg.paths.output_dir).resolve()
     candidates = [
         p
         for folder in ("outputs", "multirun")
-        for p in (root / folder).glob("**/checkpoints/last.ckpt")
+        for pattern in ("**/checkpoints/last.ckpt", "**/checkpoints/qat/last.ckpt")
+        for p in (root / folder).glob(pattern)
         if own not in p.resolve().parents
     ]
     if not candidates:
@@ -52,16 +56,19 @@ def find_last_checkpoint(cfg: DictConfig) -> Path:
     return max(candidates, key=lambda p: p.stat().st_mtime)
 
 
-def resolve_resume(cfg: DictConfig) -> tuple[str | None, DictConfig]:
-    """Turn ``ckpt_path`` into a file and rebuild the model-defining config from that checkpoint."""
+def resolve_resume(cfg: DictConfig) -> tuple[str | None, dict[str, Any], DictConfig]:
+    """Turn ``ckpt_path`` into a file and rebuild the model-defining config from that checkpoint.
+
+    Returns the path, the checkpoint's tierkit metadata and the updated config.
+    """
     if not cfg.get("ckpt_path"):
-        return None, cfg
+        return None, {}, cfg
     path = find_last_checkpoint(cfg) if cfg.ckpt_path == "last" else Path(cfg.ckpt_path).expanduser()
     if not path.is_file():
         raise TierkitError(f"checkpoint {path} does not exist", where="ckpt_path", fix="pass an existing .ckpt file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        saved = checkpoint["tierkit"]["config"]
+        saved = torch.load(path, map_location="cpu", weights_only=True)["tierkit"]
+        config = saved["config"]
     except Exception as exc:
         raise TierkitError(
             f"{path} is not a tierkit training checkpoint ({type(exc).__name__}: {exc})",
@@ -70,25 +77,17 @@ def resolve_resume(cfg: DictConfig) -> tuple[str | None, DictConfig]:
         ) from exc
     with open_dict(cfg):
         for section in MODEL_DEFINING_SECTIONS:
-            if section in saved:
-                cfg[section] = saved[section]
+            if section in config:
+                cfg[section] = config[section]
         cfg.ckpt_path = str(path)
     log.info("Resuming from %s (data, model, distillation and tier settings taken from it)", path)
-    return str(path), cfg
+    return str(path), saved, cfg
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run the whole recipe for one config and return the metrics written to metrics.json."""
-    started = time.perf_counter()
-    ckpt_path, cfg = resolve_resume(cfg)
-    check_distill_settings(**cfg.distill)
-    datamodule: L.LightningDataModule = instantiate(cfg.data, where="data")
-    datamodule.setup()
-
-    teacher, teacher_info = None, {}
-    if cfg.distill.alpha > 0:
-        teacher, teacher_info = obtain_teacher(cfg, datamodule)
-
+def fit_student(
+    cfg: DictConfig, datamodule: L.LightningDataModule, teacher: torch.nn.Module | None, loggers: list, ckpt_path
+) -> tuple[L.Trainer, DistillationModule, str, float | None, str, dict[str, Any]]:
+    """The FP32 stage: distil (and prune) the student; returns what the metrics need from it."""
     L.seed_everything(cfg.seed, workers=True)
     student = build_model(cfg.model.student, datamodule.input_shape, datamodule.num_classes, where="model.student")
     module = DistillationModule(
@@ -100,38 +99,75 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **cfg.distill,
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
-
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
-    loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, where="trainer", callbacks=callbacks, logger=loggers)
     for logger in trainer.loggers:
         logger.log_hyperparams(module.run_config)
-
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     # Read the paths now: restoring best.ckpt for testing also restores the callbacks' older state.
     checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
     best = next((c for c in checkpoints if c.monitor), None)
     latest = next((c for c in checkpoints if not c.monitor), None)
     best_path = best.best_model_path if best else ""
-    best_score = best.best_model_score if best else None
+    best_score = float(best.best_model_score) if best and best.best_model_score is not None else None
     last_path = latest.best_model_path if latest else ""
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)[0]
+    return trainer, module, best_path, best_score, last_path, test
+
+
+def test_checkpoint(
+    cfg: DictConfig, datamodule: L.LightningDataModule, teacher: torch.nn.Module | None, path: str
+) -> tuple[DistillationModule, dict[str, Any]]:
+    """Test a finished FP32 checkpoint again (resuming the QAT stage skips the FP32 fit)."""
+    student, _ = load_student(path)
+    module = DistillationModule(
+        student, datamodule.num_classes, optimizer=torch.optim.SGD, teacher=teacher, **cfg.distill
+    )
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    return module, trainer.test(module, datamodule=datamodule, verbose=False)[0]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run the whole recipe for one config and return the metrics written to metrics.json."""
+    started = time.perf_counter()
+    ckpt_path, saved, cfg = resolve_resume(cfg)
+    check_distill_settings(**cfg.distill)
+    check_pruning_before_qat(cfg.get("callbacks"))
+    if cfg.quantization.enabled:
+        check_qat_schedule(cfg.quantization)
+    datamodule: L.LightningDataModule = instantiate(cfg.data, where="data")
+    datamodule.setup()
+
+    teacher, teacher_info = None, {}
+    if cfg.distill.alpha > 0:
+        teacher, teacher_info = obtain_teacher(cfg, datamodule)
+    loggers = instantiate_loggers(cfg.get("logger"))
+
+    resume_qat = ckpt_path if saved.get("fp32_checkpoint") else None
+    if resume_qat:
+        best_path, last_path, best_score, trainer = saved["fp32_checkpoint"], "", None, None
+        module, test = test_checkpoint(cfg, datamodule, teacher, best_path)
+        epochs = None
+    else:
+        trainer, module, best_path, best_score, last_path, test = fit_student(
+            cfg, datamodule, teacher, loggers, ckpt_path
+        )
+        epochs = trainer.current_epoch
 
     metrics = {
         "tier": cfg.tier.name,
         "seed": cfg.seed,
-        "epochs": trainer.current_epoch,
-        "train_seconds": round(time.perf_counter() - started, 1),
+        "epochs": epochs,
         "student": {
             "architecture": model_name(cfg.model.student),
             "test_acc": test["test/acc"],
-            "val_acc_best": float(best_score) if best_score is not None else None,
+            "val_acc_best": best_score,
             "agreement": test.get("test/agreement"),
-            **model_stats(student, datamodule.input_shape),
+            **model_stats(module.student, datamodule.input_shape),
         },
         "checkpoints": {"best": best_path, "last": last_path},
     }
-    pruning = next((c for c in trainer.callbacks if isinstance(c, StructuredPruning)), None)
+    pruning = next((c for c in trainer.callbacks if isinstance(c, StructuredPruning)), None) if trainer else None
     if pruning is not None:
         metrics["pruning"] = {"target": pruning.target, "steps_done": pruning.steps_done, "history": pruning.history}
     if teacher is not None:
@@ -141,10 +177,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "source": teacher_info.get("path"),
             **model_stats(teacher, datamodule.input_shape),
         }
-    if trainer.is_global_zero:
+    is_global_zero = trainer is None or trainer.is_global_zero
+    if cfg.quantization.enabled and best_path and is_global_zero:
+        metrics["quantization"] = quantize_student(cfg, datamodule, teacher, Path(best_path), loggers, resume_qat)
+    metrics["train_seconds"] = round(time.perf_counter() - started, 1)
+    if is_global_zero:
         write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
         print_run_summary(metrics)
-    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
         import wandb
 
         wandb.finish()

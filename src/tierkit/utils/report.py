@@ -32,3 +32,37 @@ def print_run_summary(metrics: dict[str, Any], console: Console | None = None) -
         console.print(f"student-teacher agreement on test: {_pct(student['agreement'])}")
     if metrics.get("checkpoints", {}).get("best"):
         console.print(f"best checkpoint: {metrics['checkpoints']['best']}")
+    if metrics.get("quantization"):
+        print_quantization_summary(metrics["quantization"], console)
+
+
+QUANTIZED_VARIANTS = {"fp32": "FP32", "fp16": "FP16", "ptq": "INT8 post-training", "qat": "INT8 QAT"}
+
+
+def print_quantization_summary(report: dict[str, Any], console: Console) -> None:
+    """Each precision's ONNX Runtime accuracy and size, then which INT8 path shipped and why."""
+    table = Table(title="quantization (ONNX Runtime)")
+    for column in ("variant", "val acc", "test acc", "size", "file"):
+        table.add_column(column, justify="left" if column in ("variant", "file") else "right")
+    for key, label in QUANTIZED_VARIANTS.items():
+        entry = report.get(key)
+        if not entry:
+            continue
+        shipped = " (ships)" if key == report.get("path") else ""
+        table.add_row(
+            label + shipped,
+            _pct(entry["val_acc"]),
+            _pct(entry["test_acc"]),
+            f"{entry['bytes'] / 1024:.1f} KiB",
+            entry["file"],
+        )
+    console.print(table)
+    style = "bold red" if report.get("budget_met") is False else "green"
+    console.print(f"INT8 path: {report['path'].upper()}: {report['reason']}", style=style)
+    left_float = report.get(report["path"], {}).get("float_compute_ops")
+    if left_float:
+        console.print(
+            f"{len(left_float)} layer(s) stay float in the shipped INT8 model ({', '.join(left_float)}): "
+            "ONNX Runtime found no integer kernel for them",
+            style="yellow",
+        )

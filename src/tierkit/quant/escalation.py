@@ -1,0 +1,173 @@
+"""The quantization stage of a training run: FP32 -> FP16 -> INT8, escalating from PTQ to QAT when needed.
+
+Decisions use the validation split (the test split only reports), so choosing a path never peeks at test data.
+"""
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from tierkit.data.base import ArrayDataModule
+from tierkit.distill import DistillationModule
+from tierkit.errors import TierkitError
+from tierkit.export import export_onnx, onnx_accuracy
+from tierkit.export.verify import float_compute_ops
+from tierkit.models.checkpoint import load_student
+from tierkit.profile import ort_session
+from tierkit.prune import StructuredPruning
+from tierkit.quant.callback import QuantizationAwareTraining
+from tierkit.quant.cpu import needs_reduced_range
+from tierkit.quant.ptq import calibration_samples, convert_fp16, quantize_int8
+from tierkit.quant.qat import is_prepared
+from tierkit.quant.qdq import export_qat_onnx
+from tierkit.utils.instantiate import instantiate, instantiate_callbacks
+
+log = logging.getLogger(__name__)
+
+
+def onnx_scores(path: Path, datamodule: ArrayDataModule) -> dict[str, Any]:
+    session = ort_session(path)
+    return {
+        "file": path.name,
+        "bytes": path.stat().st_size,
+        "val_acc": onnx_accuracy(session, datamodule, "val"),
+        "test_acc": onnx_accuracy(session, datamodule, "test"),
+    }
+
+
+def check_qat_schedule(config: DictConfig) -> None:
+    """The QAT stage must observe activations for at least one epoch, or its INT8 model has no ranges."""
+    callback = config.qat.callback
+    if config.qat.enabled and callback.activations_epoch >= config.qat.epochs:
+        raise TierkitError(
+            f"QAT runs {config.qat.epochs} epoch(s) but activations are only quantized from epoch "
+            f"{callback.activations_epoch}",
+            where="quantization.qat.epochs / quantization.qat.callback.activations_epoch",
+            fix="raise quantization.qat.epochs above activations_epoch (the default schedule needs 4)",
+        )
+
+
+def run_qat(
+    cfg: DictConfig,
+    datamodule: ArrayDataModule,
+    teacher: nn.Module | None,
+    fp32_checkpoint: Path,
+    loggers: Sequence[Logger],
+    ckpt_path: str | None = None,
+) -> tuple[Path, float]:
+    """Fine-tune the FP32 student through fake quantization; returns the best QAT checkpoint and its
+    PyTorch test accuracy. Checkpoints go to ``checkpoints/qat/``; ``ckpt_path`` resumes one."""
+    qat = cfg.quantization.qat
+    student, _ = load_student(fp32_checkpoint)
+    module = DistillationModule(
+        student=student.train(),
+        num_classes=datamodule.num_classes,
+        optimizer=instantiate(qat.optimizer, where="quantization.qat.optimizer"),
+        scheduler=instantiate(qat.scheduler, where="quantization.qat.scheduler") if qat.get("scheduler") else None,
+        teacher=teacher,
+        **cfg.distill,
+    )
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    module.fp32_checkpoint = str(fp32_checkpoint)
+    callbacks = [c for c in instantiate_callbacks(cfg.get("callbacks")) if not isinstance(c, StructuredPruning)]
+    callbacks = [c for c in callbacks if not isinstance(c, QuantizationAwareTraining)]
+    for callback in callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            callback.dirpath = str(Path(callback.dirpath) / "qat")
+    callbacks.append(instantiate(qat.callback, where="quantization.qat.callback"))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, where="trainer", callbacks=callbacks, logger=list(loggers), max_epochs=qat.epochs
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    best = next(c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor)
+    best_path = Path(best.best_model_path)
+    test = trainer.test(module, datamodule=datamodule, ckpt_path=str(best_path), verbose=False)[0]
+    return best_path, float(test["test/acc"])
+
+
+def quantize_student(
+    cfg: DictConfig,
+    datamodule: ArrayDataModule,
+    teacher: nn.Module | None,
+    fp32_checkpoint: Path,
+    loggers: Sequence[Logger] = (),
+    resume_qat: str | None = None,
+) -> dict[str, Any]:
+    """Write fp32/fp16/int8 ONNX files under ``<run>/quantization`` and report which INT8 path shipped, and why."""
+    settings = cfg.quantization
+    check_qat_schedule(settings)
+    out = Path(cfg.paths.output_dir) / "quantization"
+    student, config = load_student(fp32_checkpoint)
+    shape = tuple(config.data.input_shape)
+    budget = float(settings.max_accuracy_drop)
+    reduce_range = needs_reduced_range() if settings.reduce_range is None else bool(settings.reduce_range)
+    report: dict[str, Any] = {"max_accuracy_drop": budget, "reduce_range": reduce_range}
+
+    if is_prepared(student):
+        # QAT ran inside the main fit (callbacks=qat): its checkpoint is already the INT8 candidate.
+        report["qat"] = onnx_scores(export_qat_onnx(student, out / "int8_qat.onnx", shape), datamodule)
+        report.update(path="qat", budget_met=None, reason="QAT ran during training (callbacks.qat)")
+        return report
+
+    fp32 = export_onnx(student, out / "fp32.onnx", shape)
+    report["fp32"] = onnx_scores(fp32, datamodule)
+    report["fp16"] = onnx_scores(convert_fp16(fp32, out / "fp16.onnx"), datamodule)
+    calibration = settings.calibration
+    samples = calibration_samples(datamodule, calibration.samples, calibration.batch_size, calibration.seed)
+    ptq = quantize_int8(fp32, out / "int8_ptq.onnx", samples, calibration.batch_size, calibration.method, reduce_range)
+    report["ptq"] = {**onnx_scores(ptq, datamodule), "float_compute_ops": float_compute_ops(ptq)}
+    report["ptq"]["drop"] = report["fp32"]["val_acc"] - report["ptq"]["val_acc"]
+
+    if resume_qat is None and report["ptq"]["drop"] <= budget:
+        report.update(
+            path="ptq",
+            budget_met=True,
+            reason=f"post-training INT8 lost {100 * report['ptq']['drop']:.2f} points on validation, "
+            f"within the {100 * budget:.2f}-point budget",
+        )
+        return report
+    if not settings.qat.enabled:
+        report.update(
+            path="ptq",
+            budget_met=False,
+            reason=f"BUDGET MISSED: post-training INT8 lost {100 * report['ptq']['drop']:.2f} points on validation "
+            f"(budget {100 * budget:.2f}) and QAT is disabled (quantization.qat.enabled=false)",
+        )
+        log.warning("%s", report["reason"])
+        return report
+
+    log.info(
+        "Post-training INT8 lost %.2f points (budget %.2f): quantization-aware training for %d epochs",
+        100 * report["ptq"]["drop"],
+        100 * budget,
+        settings.qat.epochs,
+    )
+    best_qat, pytorch_test_acc = run_qat(cfg, datamodule, teacher, fp32_checkpoint, loggers, resume_qat)
+    qat_student, _ = load_student(best_qat)
+    qat_file = export_qat_onnx(qat_student, out / "int8_qat.onnx", shape)
+    report["qat"] = {
+        **onnx_scores(qat_file, datamodule),
+        "float_compute_ops": float_compute_ops(qat_file),
+        "pytorch_test_acc": pytorch_test_acc,
+        "checkpoint": str(best_qat),
+    }
+    report["qat"]["drop"] = report["fp32"]["val_acc"] - report["qat"]["val_acc"]
+    qat_better = report["qat"]["val_acc"] >= report["ptq"]["val_acc"]
+    report["path"] = "qat" if qat_better else "ptq"
+    report["budget_met"] = report[report["path"]]["drop"] <= budget
+    missed = "" if report["budget_met"] else "BUDGET MISSED: "
+    report["reason"] = (
+        f"{missed}post-training INT8 lost {100 * report['ptq']['drop']:.2f} points on validation "
+        f"(budget {100 * budget:.2f}); after QAT the drop is {100 * report['qat']['drop']:.2f} points, "
+        f"so {report['path'].upper()} ships"
+    )
+    if not report["budget_met"]:
+        log.warning("%s", report["reason"])
+    return report

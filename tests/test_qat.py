@@ -1,0 +1,261 @@
+"""Quantization-aware training: quantizer placement, integer kernels in ONNX Runtime, stages, escalation, reload."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from tierkit.errors import TierkitError
+from tierkit.export import export_onnx
+from tierkit.export.verify import float_compute_ops
+from tierkit.models import MLP, CifarResNet, MobileNetV2, SmallCNN
+from tierkit.models.checkpoint import load_student
+from tierkit.profile import ort_session
+from tierkit.quant.escalation import check_qat_schedule
+from tierkit.quant.qat import STAGES, freeze_batch_norm, is_prepared, prepare_qat, qat_stage, set_qat_stage
+from tierkit.quant.qdq import export_qat_onnx
+
+from conftest import FAST, compose_train, run_cli
+
+SHAPE = (1, 16, 16)
+
+
+def _calibrated(model: nn.Module, batches: int = 3) -> nn.Module:
+    """Prepared and run through the activation stage, then frozen: an exportable QAT model."""
+    prepared = prepare_qat(model)
+    set_qat_stage(prepared, "activations")
+    prepared.train()
+    for _ in range(batches):
+        prepared(torch.randn(8, *SHAPE))
+    set_qat_stage(prepared, "frozen")
+    return prepared.eval()
+
+
+@pytest.mark.parametrize(
+    "model",
+    [SmallCNN(SHAPE, 4, width=0.5), CifarResNet(SHAPE, 4, depth=8), MobileNetV2(SHAPE, 4, width=0.25), MLP(SHAPE, 4)],
+    ids=["cnn", "resnet", "mobilenetv2", "mlp"],
+)
+def test_qat_export_is_qdq_with_int8_weights_and_runs_on_integer_kernels(tmp_path, model):
+    torch.manual_seed(0)
+    prepared = _calibrated(model)
+    path = export_qat_onnx(prepared, tmp_path / "int8.onnx", SHAPE)
+    graph = onnx.load(str(path)).graph
+    ops = {node.op_type for node in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    int8_weights = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) > 1]
+    assert len(int8_weights) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+    assert float_compute_ops(path) == []
+    fp32 = export_onnx(model.eval(), tmp_path / "fp32.onnx", SHAPE)
+    # INT8 weights; per-channel float scales and biases keep tiny depthwise models above a quarter.
+    assert path.stat().st_size <= 0.5 * fp32.stat().st_size
+    x = torch.randn(16, *SHAPE)
+    with torch.no_grad():
+        expected = prepared(x).numpy()
+    actual = ort_session(path).run(None, {"input": x.numpy()})[0]
+    # Same integer arithmetic, up to rounding ties: at most a couple of output quantization steps apart.
+    logits_quantizer = prepared.get_submodule(next(n for n in prepared.graph.nodes if n.op == "output").args[0].target)
+    step = float(logits_quantizer.qparams()[0])
+    assert np.abs(actual - expected).max() <= 2.01 * step
+    top_two = np.sort(expected, axis=1)[:, -2:]
+    clear = top_two[:, 1] - top_two[:, 0] > 4 * step
+    assert (actual.argmax(1) == expected.argmax(1))[clear].all()
+
+
+def test_stages_switch_quantizers_and_prepare_keeps_parameters():
+    model = SmallCNN(SHAPE, 4, width=0.5)
+    parameters = {id(p) for p in model.parameters()}
+    prepared = prepare_qat(model)
+    assert {id(p) for p in prepared.parameters()} == parameters
+    assert prepare_qat(prepared) is prepared
+    for stage in STAGES:
+        set_qat_stage(prepared, stage)
+        assert qat_stage(prepared) == stage
+    x = torch.randn(4, *SHAPE)
+    set_qat_stage(prepared, "float")
+    with torch.no_grad():
+        assert torch.equal(prepared.eval()(x), model.eval()(x))
+
+
+def test_frozen_stage_stops_observers_and_batch_norm_statistics():
+    prepared = _calibrated(SmallCNN(SHAPE, 4, width=0.5))
+    prepared.train()
+    freeze_batch_norm(prepared)
+    state = {k: v.clone() for k, v in prepared.state_dict().items() if isinstance(v, torch.Tensor)}
+    prepared(torch.randn(8, *SHAPE) * 5)
+    after = prepared.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state)
+
+
+def test_layers_it_cannot_quantize_stay_float_and_are_reported(tmp_path):
+    class WithConv1d(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(16, 8, 3)
+            self.head = nn.Linear(8 * 14, 4)
+
+        def forward(self, x):
+            return self.head(torch.sigmoid(self.conv(x.flatten(1, 2))).flatten(1))
+
+    path = export_qat_onnx(_calibrated(WithConv1d()), tmp_path / "int8.onnx", SHAPE)
+    assert float_compute_ops(path) == ["FusedConv"]
+
+
+def test_untraceable_model_gets_a_clear_error():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(256, 4)
+
+        def forward(self, x):
+            return self.head(x.flatten(1)) if x.sum() > 0 else -self.head(x.flatten(1))
+
+    with pytest.raises(TierkitError, match=r"cannot be traced by torch\.fx"):
+        prepare_qat(Branchy())
+
+
+def test_export_refuses_activation_quantizers_that_never_saw_data(tmp_path):
+    prepared = prepare_qat(SmallCNN(SHAPE, 4, width=0.5))
+    set_qat_stage(prepared, "weights")
+    with pytest.raises(TierkitError, match="never saw data"):
+        export_qat_onnx(prepared, tmp_path / "int8.onnx", SHAPE)
+
+
+# The quantization stage on the digits data (360 test images): PTQ first, then QAT when the budget is missed.
+QUANT = [
+    *[o for o in FAST if o != "quantization=off"],
+    "data=digits",
+    "model.teacher.base_channels=16",
+    "trainer.max_epochs=4",
+    "teacher.max_epochs=4",
+    "~callbacks.pruning",
+    "quantization.qat.epochs=3",
+    "quantization.qat.callback.freeze_epoch=2",
+    "quantization.calibration.samples=128",
+]
+
+
+@pytest.fixture(scope="module")
+def escalated_run(tmp_path_factory):
+    """A budget no INT8 model can meet (a negative drop) forces escalation to QAT."""
+    root = tmp_path_factory.mktemp("qat")
+    run = root / "outputs" / "escalated"
+    result = run_cli(root, *QUANT, "quantization.max_accuracy_drop=-1", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, run, json.loads((run / "metrics.json").read_text())["quantization"], result
+
+
+def test_escalation_runs_qat_when_ptq_misses_the_budget(escalated_run):
+    _, run, report, result = escalated_run
+    assert "qat" in report and report["qat"]["float_compute_ops"] == []
+    assert report["budget_met"] is False and "BUDGET MISSED" in report["reason"]
+    assert report["path"] in ("ptq", "qat")
+    assert (run / "checkpoints" / "qat" / "best.ckpt").is_file()
+    assert "INT8 path" in result.stdout
+    assert {"fp32.onnx", "fp16.onnx", "int8_ptq.onnx", "int8_qat.onnx"} <= {
+        p.name for p in (run / "quantization").iterdir()
+    }
+
+
+def test_qat_accuracy_in_pytorch_and_onnx_runtime_agree(escalated_run):
+    _, _, report, _ = escalated_run
+    assert abs(report["qat"]["pytorch_test_acc"] - report["qat"]["test_acc"]) <= 0.003
+
+
+def test_stages_switched_at_the_configured_epochs(escalated_run):
+    _, run, _, _ = escalated_run
+    checkpoint = torch.load(run / "checkpoints" / "qat" / "last.ckpt", weights_only=True)
+    state = next(v for k, v in checkpoint["callbacks"].items() if "QuantizationAwareTraining" in k)
+    assert state["history"] == [
+        {"epoch": 0, "stage": "weights"},
+        {"epoch": 1, "stage": "activations"},
+        {"epoch": 2, "stage": "frozen"},
+    ]
+
+
+def test_qat_checkpoint_reloads_prepared_for_export(escalated_run, tmp_path):
+    _, run, _, _ = escalated_run
+    student, config = load_student(run / "checkpoints" / "qat" / "last.ckpt")
+    assert is_prepared(student) and qat_stage(student) == "frozen"
+    path = export_qat_onnx(student, tmp_path / "int8.onnx", config.data.input_shape)
+    assert float_compute_ops(path) == []
+
+
+def test_resume_mid_qat_continues_the_qat_stage(escalated_run):
+    root, run, _, _ = escalated_run
+    resumed = root / "outputs" / "resumed"
+    result = run_cli(
+        root,
+        *QUANT,
+        "quantization.max_accuracy_drop=-1",
+        "quantization.qat.epochs=4",
+        f"ckpt_path={run / 'checkpoints' / 'qat' / 'last.ckpt'}",
+        f"hydra.run.dir={resumed}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = torch.load(resumed / "checkpoints" / "qat" / "last.ckpt", weights_only=True)
+    assert checkpoint["epoch"] == 3
+    assert not (resumed / "checkpoints" / "best.ckpt").exists(), "the FP32 stage must not run again"
+
+
+def test_export_ships_the_qat_model_as_int8(escalated_run, tmp_path):
+    root, run, report, _ = escalated_run
+    if report["path"] != "qat":
+        pytest.skip("PTQ was at least as accurate as QAT on this run, so PTQ ships")
+    result = run_cli(root, f"run={run}", f"output_dir={tmp_path / 'exports'}", "precisions=[int8]", script="export.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.loads((tmp_path / "exports" / "export.json").read_text())["exports"][0]
+    assert row["int8_method"] == "qat" and row["float_compute_ops"] == []
+
+
+def test_generous_budget_ships_ptq_without_qat(tmp_path):
+    run = tmp_path / "outputs" / "generous"
+    result = run_cli(tmp_path, *QUANT, "quantization.max_accuracy_drop=1.0", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run / "metrics.json").read_text())["quantization"]
+    assert report["path"] == "ptq" and report["budget_met"] is True and "qat" not in report
+    assert report["ptq"]["float_compute_ops"] == []
+    assert not (run / "checkpoints" / "qat").exists()
+
+
+def test_ptq_only_reports_a_missed_budget_instead_of_shipping_silently(tmp_path):
+    run = tmp_path / "outputs" / "ptq"
+    result = run_cli(tmp_path, *QUANT, "quantization=ptq", "quantization.max_accuracy_drop=-1", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run / "metrics.json").read_text())["quantization"]
+    assert report["budget_met"] is False and "QAT is disabled" in report["reason"]
+    assert "BUDGET MISSED" in result.stdout
+
+
+def test_pruning_that_overlaps_qat_is_refused_before_training(tmp_path):
+    result = run_cli(tmp_path, *FAST, "callbacks=qat", "callbacks.qat.start_epoch=5", "callbacks.pruning.end_epoch=8")
+    assert result.returncode == 2
+    assert "pruning must end before fake quantization starts" in result.stdout + result.stderr
+    assert not list(tmp_path.glob("outputs/**/checkpoints"))
+
+
+def test_qat_schedule_longer_than_the_stage_is_refused(tmp_path):
+    cfg = compose_train(tmp_path, *QUANT, "quantization.qat.epochs=1")
+    with pytest.raises(TierkitError, match="activations are only quantized from epoch"):
+        check_qat_schedule(cfg.quantization)
+
+
+def test_qat_inside_the_main_fit_exports_its_int8_model(tmp_path):
+    run = tmp_path / "outputs" / "infit"
+    result = run_cli(
+        tmp_path,
+        *QUANT,
+        "callbacks=qat",
+        "callbacks.qat.start_epoch=1",
+        "callbacks.qat.activations_epoch=2",
+        "callbacks.qat.freeze_epoch=3",
+        f"hydra.run.dir={run}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run / "metrics.json").read_text())["quantization"]
+    assert report["path"] == "qat" and (run / "quantization" / "int8_qat.onnx").is_file()
+    student, _ = load_student(run / "checkpoints" / "best.ckpt")
+    assert qat_stage(student) == "frozen"
