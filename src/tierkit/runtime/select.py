@@ -1,0 +1,119 @@
+"""Pick the one shipping variant a device should run, and say why the others were turned down."""
+
+from dataclasses import dataclass, field
+
+from tierkit.runtime.device import DeviceInfo
+
+CPU = "CPUExecutionProvider"
+
+
+@dataclass
+class Selection:
+    """The chosen variant, the latency row (hardware setting) to run it with, and why."""
+
+    variant: dict
+    setting: dict
+    reason: str
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+
+class NoVariantFits(ValueError):
+    """No shipping variant fits the device and the app's limits; ``rejected`` holds (variant, reason) pairs."""
+
+    def __init__(self, rejected: list[tuple[str, str]]):
+        self.rejected = rejected
+        reasons = " | ".join(f"{name}: {reason}" for name, reason in rejected) or "the manifest lists no variants"
+        super().__init__(
+            f"no shipping variant fits this device: {reasons}. Fix: relax --max-latency-ms/--max-memory-mib, "
+            "check the device description, or export a variant for smaller devices"
+        )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _best_row(rows: list[dict], device: DeviceInfo, max_latency_ms: float | None) -> tuple[dict | None, str]:
+    """The row to run: the fastest accelerator row if the device has that provider, else the fastest CPU row.
+
+    Returns (row, "") or (None, why no row is usable).
+    """
+    usable, why_not = [], []
+    for row in rows:
+        provider, threads = row["providers"][0], row["intra_op_num_threads"]
+        if provider not in device.providers:
+            why_not.append(f"{row['hardware']} needs {provider}, device has {device.providers}")
+        elif threads > device.cores:  # 0 means "all cores" and always fits
+            why_not.append(
+                f"{row['hardware']} needs {_count(threads, 'thread')}, device has {_count(device.cores, 'core')}"
+            )
+        elif max_latency_ms is not None and row["p50_ms"] > max_latency_ms:
+            why_not.append(f"{row['hardware']} p50 {row['p50_ms']:g} ms > max_latency_ms {max_latency_ms:g}")
+        else:
+            usable.append(row)
+    if not usable:
+        return None, "no measured setting fits (" + "; ".join(why_not) + ")"
+    accelerated = [row for row in usable if row["providers"][0] != CPU]
+    return min(accelerated or usable, key=lambda row: row["p50_ms"]), ""
+
+
+def _device_problems(variant: dict, device: DeviceInfo, max_memory_mib: float | None) -> list[str]:
+    needs, problems = variant["device"], []
+    if device.memory_mib < needs["min_memory_mib"]:
+        problems.append(f"tier needs >= {needs['min_memory_mib']} MiB memory, device has {device.memory_mib} MiB")
+    if device.cores < needs["min_cores"]:
+        problems.append(f"tier needs >= {_count(needs['min_cores'], 'core')}, device has {device.cores}")
+    if max_memory_mib is not None and variant["peak_memory_mib"] > max_memory_mib:
+        problems.append(f"peak memory {variant['peak_memory_mib']:g} MiB > max_memory_mib {max_memory_mib:g}")
+    return problems
+
+
+def select_variant(
+    manifest: dict, device: DeviceInfo, max_latency_ms: float | None = None, max_memory_mib: float | None = None
+) -> Selection:
+    """The most accurate shipping variant the device can run within the app's limits; ties go to the fastest.
+
+    Raises NoVariantFits listing every variant's rejection reasons when none fits.
+    """
+    for name, limit in (("max_latency_ms", max_latency_ms), ("max_memory_mib", max_memory_mib)):
+        if limit is not None and not limit > 0:
+            raise ValueError(f"{name} must be > 0, got {limit}. Fix: pass a positive limit or leave it out")
+    fits: list[tuple[dict, dict]] = []
+    rejected: list[tuple[str, str]] = []
+    for variant in manifest["variants"]:
+        if not variant["ships"]:
+            rejected.append((variant["name"], f"does not ship ({variant['why']})"))
+            continue
+        problems = _device_problems(variant, device, max_memory_mib)
+        row, why_not = _best_row(variant["latency"], device, max_latency_ms)
+        if row is None:
+            problems.append(why_not)
+        if problems:
+            rejected.append((variant["name"], "; ".join(problems)))
+        else:
+            fits.append((variant, row))
+    if not fits:
+        raise NoVariantFits(rejected)
+    fits.sort(key=lambda fit: (-fit[0]["accuracy"], fit[1]["p50_ms"], fit[0]["name"]))
+    (winner, row), others = fits[0], fits[1:]
+    limits = [
+        f"{name}={limit:g}"
+        for name, limit in (("max_latency_ms", max_latency_ms), ("max_memory_mib", max_memory_mib))
+        if limit is not None
+    ]
+    reason = (
+        f"highest accuracy ({winner['accuracy']:.4f}) of the {len(fits)} shipping variant(s) that fit this device"
+        + (f" within {', '.join(limits)}" if limits else "")
+    )
+    tied = [variant["name"] for variant, _ in others if variant["accuracy"] == winner["accuracy"]]
+    if tied:
+        reason += f"; tied on accuracy with {', '.join(tied)}, lowest p50 wins"
+    provider = row["providers"][0]
+    threads = row["intra_op_num_threads"]
+    reason += (
+        f"; runs setting {row['hardware']!r} on {provider} ({_count(threads, 'thread') if threads else 'all cores'})"
+    )
+    reason += f", measured p50 {row['p50_ms']:g} ms"
+    if provider != CPU:
+        reason += f" (accelerator row preferred: the device has {provider})"
+    return Selection(variant=winner, setting=row, reason=reason, rejected=rejected)
