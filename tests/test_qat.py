@@ -259,3 +259,12 @@ def test_qat_inside_the_main_fit_exports_its_int8_model(tmp_path):
     assert report["path"] == "qat" and (run / "quantization" / "int8_qat.onnx").is_file()
     student, _ = load_student(run / "checkpoints" / "best.ckpt")
     assert qat_stage(student) == "frozen"
+
+
+def test_quantization_stage_after_a_ddp_fit_runs_on_rank_zero_alone(tmp_path):
+    run = tmp_path / "outputs" / "ddp"
+    overrides = ["trainer=ddp_cpu", "trainer.max_epochs=2", "quantization.max_accuracy_drop=-1"]
+    result = run_cli(tmp_path, *QUANT, *overrides, f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run / "metrics.json").read_text())["quantization"]
+    assert report["qat"]["float_compute_ops"] == []

@@ -23,6 +23,7 @@ from tierkit.models.checkpoint import load_student
 from tierkit.prune import StructuredPruning
 from tierkit.quant.callback import check_pruning_before_qat
 from tierkit.quant.escalation import check_qat_schedule, quantize_student
+from tierkit.utils.checkpointing import leave_distributed
 from tierkit.utils.files import write_json
 from tierkit.utils.instantiate import instantiate, instantiate_callbacks, instantiate_loggers
 from tierkit.utils.model_stats import model_stats
@@ -153,6 +154,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             cfg, datamodule, teacher, loggers, ckpt_path
         )
         epochs = trainer.current_epoch
+        leave_distributed(trainer)
 
     metrics = {
         "tier": cfg.tier.name,

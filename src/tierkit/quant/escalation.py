@@ -82,8 +82,16 @@ def run_qat(
         if isinstance(callback, ModelCheckpoint):
             callback.dirpath = str(Path(callback.dirpath) / "qat")
     callbacks.append(instantiate(qat.callback, where="quantization.qat.callback"))
+    # One process: the quantization stage runs on rank 0 only, after the (possibly DDP) FP32 fit has ended.
     trainer: L.Trainer = instantiate(
-        cfg.trainer, where="trainer", callbacks=callbacks, logger=list(loggers), max_epochs=qat.epochs
+        cfg.trainer,
+        where="trainer",
+        callbacks=callbacks,
+        logger=list(loggers),
+        max_epochs=qat.epochs,
+        devices=1,
+        num_nodes=1,
+        strategy="auto",
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     best = next(c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor)

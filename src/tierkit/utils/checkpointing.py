@@ -64,3 +64,10 @@ def rebuild_optimizers(trainer: L.Trainer) -> None:
         config.scheduler.load_state_dict(state)
         for group, lr in zip(config.scheduler.optimizer.param_groups, last_lr, strict=True):
             group["lr"] = lr
+
+
+def leave_distributed(trainer: L.Trainer) -> None:
+    """End the DDP process group once every rank has finished, so rank 0 can go on alone (quantization stage)."""
+    if trainer.world_size > 1 and torch.distributed.is_initialized():
+        trainer.strategy.barrier("tierkit-fit-done")
+        torch.distributed.destroy_process_group()
