@@ -76,8 +76,8 @@ def run_qat(
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     module.fp32_checkpoint = str(fp32_checkpoint)
-    callbacks = [c for c in instantiate_callbacks(cfg.get("callbacks")) if not isinstance(c, StructuredPruning)]
-    callbacks = [c for c in callbacks if not isinstance(c, QuantizationAwareTraining)]
+    stage_free = (StructuredPruning, QuantizationAwareTraining)
+    callbacks = [c for c in instantiate_callbacks(cfg.get("callbacks")) if not isinstance(c, stage_free)]
     for callback in callbacks:
         if isinstance(callback, ModelCheckpoint):
             callback.dirpath = str(Path(callback.dirpath) / "qat")

@@ -115,7 +115,7 @@ def prepare_qat(model: nn.Module, reduce_range: bool = False, momentum: float = 
 
     The original parameters (same objects, same names) are kept, so optimizers and float checkpoints still fit.
     """
-    if isinstance(model, fx.GraphModule) and any(isinstance(m, ActivationFakeQuant) for m in model.modules()):
+    if is_prepared(model):
         return model
     try:
         gm = fx.symbolic_trace(model)
