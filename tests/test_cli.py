@@ -1,12 +1,17 @@
 """`python train.py` as a user runs it: end to end, resume, and one clear message per mistake."""
 
 import json
+import subprocess
+import sys
 
+import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
 
 from tierkit.models.checkpoint import load_student
+from tierkit.runtime import DeviceInfo, NoVariantFits, load_manifest, select_variant, verify_file
 
 from conftest import FAST, run_cli
 
@@ -106,24 +111,112 @@ def test_nan_loss_stops_without_leaving_a_best_checkpoint(tmp_path):
     assert not (run / "checkpoints" / "best.ckpt").exists()
 
 
-def test_export_writes_verified_fp32_fp16_int8_per_tier(finished_run, tmp_path):
+EXPORT_FAST = [
+    "profiling.repeats=20",
+    "profiling.warmup=2",
+    "profiling.throughput_repeats=4",
+    "profiling.operator_runs=5",
+]
+
+
+@pytest.fixture(scope="module")
+def exported(finished_run, tmp_path_factory):
     root, run, _ = finished_run
-    out = tmp_path / "exports"
-    result = run_cli(root, f"run={run}", f"output_dir={out}", script="export.py")
+    out = tmp_path_factory.mktemp("export") / "exports"
+    result = run_cli(root, f"run={run}", f"output_dir={out}", *EXPORT_FAST, script="export.py")
     assert result.returncode == 0, result.stderr[-3000:]
-    exported = {row["precision"]: row for row in json.loads((out / "export.json").read_text())["exports"]}
-    assert sorted(exported) == ["fp16", "fp32", "int8"]
-    assert all(row["tier"] == "midrange" and (out / row["file"]).is_file() for row in exported.values())
-    assert exported["fp32"]["file"] == "midrange/fp32.onnx"
-    assert exported["fp32"]["max_logit_difference"] < 1e-3
-    assert exported["int8"]["float_compute_ops"] == [], "INT8 layers must run on integer kernels"
-    assert exported["fp16"]["bytes"] < exported["fp32"]["bytes"]
+    return run, out, result
+
+
+def test_export_writes_a_valid_manifest_with_verified_fp32_fp16_int8(exported):
+    run, out, _ = exported
+    manifest = load_manifest(out / "manifest.json")
+    variants = {v["precision"]: v for v in manifest["variants"]}
+    assert sorted(variants) == ["fp16", "fp32", "int8"]
+    assert all(v["tier"] == "midrange" and verify_file(out, v) for v in variants.values())
+    assert variants["fp32"]["file"] == "midrange/fp32.onnx"
+    assert variants["fp32"]["max_logit_difference"] < 1e-3
+    assert variants["int8"]["float_compute_ops"] == [], "INT8 layers must run on integer kernels"
+    assert variants["int8"]["int8_method"] == "ptq" and len(variants["int8"]["calibration"]["sha256"]) == 64
+    assert variants["fp16"]["bytes"] < variants["fp32"]["bytes"]
     # Weights are stored as int8 (on a model this tiny, per-channel scales and graph overhead outweigh them).
-    int8_graph = onnx.load(str(out / exported["int8"]["file"])).graph
+    int8_graph = onnx.load(str(out / variants["int8"]["file"])).graph
     assert any(init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 4 for init in int8_graph.initializer)
-    assert all(0 <= row["onnx_test_acc"] <= 1 for row in exported.values())
     metrics = json.loads((run / "metrics.json").read_text())
-    assert exported["fp32"]["params"] == metrics["student"]["params"], "the pruned student is exported"
+    assert variants["fp32"]["params"] == metrics["student"]["params"], "the pruned student is exported"
+    teacher = manifest["teacher"]
+    assert teacher["params"] == metrics["teacher"]["params"] and verify_file(out, teacher)
+    for v in variants.values():
+        assert v["accuracy_drop"] == pytest.approx(teacher["accuracy"] - v["accuracy"])
+        assert v["budgets"] == {"max_accuracy_drop": 0.01, "max_size_kib": 256, "max_latency_ms": 0.3}
+        assert v["budget_hardware"] == "cpu_2thread" and v["device"] == {"min_cores": 2, "min_memory_mib": 2048}
+    assert manifest["provenance"]["packages"]["onnxruntime"] and manifest["provenance"]["cpu"]["model"]
+
+
+def test_export_profiles_every_setting_and_ships_one_variant_per_tier(exported):
+    _, out, result = exported
+    manifest = load_manifest(out / "manifest.json")
+    shipped = [v for v in manifest["variants"] if v["ships"]]
+    measured = {(row["hardware"], row["graph_optimization_level"]) for row in manifest["teacher"]["latency"]}
+    expected = {
+        (h, level)
+        for h in ("cpu_1thread", "cpu_2thread", "cpu_all")
+        for level in ("ORT_ENABLE_BASIC", "ORT_ENABLE_ALL")
+    }
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        expected |= {("cuda", "ORT_ENABLE_BASIC"), ("cuda", "ORT_ENABLE_ALL")}
+    else:
+        assert any(note.startswith("cuda:") for note in manifest["profiling"]["skipped"])
+    assert measured == expected
+    for v in manifest["variants"]:
+        assert {(row["hardware"], row["graph_optimization_level"]) for row in v["latency"]} == expected
+        assert v["setting"]["hardware"] in {h for h, _ in expected} and v["operators"]
+        passed = all(v["checks"].values()) and v["precision"] in v["allowed_precisions"]
+        assert passed or not v["ships"], "a variant over budget never ships"
+    assert len(shipped) <= 1
+    if shipped:
+        assert f"midrange ships {shipped[0]['name']}" in result.stdout
+    report = (out / "report.md").read_text()
+    assert all(f"| {v['name']} |" in report for v in manifest["variants"])
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_runtime_selects_and_runs_the_exported_variant(exported):
+    _, out, _ = exported
+    manifest = load_manifest(out / "manifest.json")
+    for v in manifest["variants"]:  # make every variant eligible, so selection itself is what is tested
+        v["ships"] = v["precision"] == "int8"
+    phone = DeviceInfo(cores=2, memory_mib=4096)
+    selection = select_variant(manifest, phone)
+    assert selection.variant["precision"] == "int8"
+    assert selection.setting["intra_op_num_threads"] in (0, 1, 2)
+    with pytest.raises(NoVariantFits, match="tier needs >= 2048 MiB memory"):
+        select_variant(manifest, DeviceInfo(cores=2, memory_mib=1024))
+    edited = out / "manifest-int8-ships.json"  # beside the original, so the model paths still resolve
+    edited.write_text(json.dumps(manifest))
+    device = out / "phone.json"
+    device.write_text(json.dumps({"cores": 2, "memory_mib": 4096}))
+    batch = out / "batch.npy"
+    np.save(batch, np.random.default_rng(0).standard_normal((3, *manifest["input"]["shape"])).astype(np.float32))
+    common = ["--manifest", str(edited), "--device", str(device)]
+    chosen = _runtime_cli("select", *common)
+    assert json.loads(chosen.stdout)["variant"] == selection.variant["name"], chosen.stderr
+    predicted = _runtime_cli("predict", *common, "--input", str(batch))
+    assert len(json.loads(predicted.stdout)["predictions"]) == 3, predicted.stderr
+
+
+def _runtime_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tierkit.runtime", *args], capture_output=True, text=True, check=False)
+
+
+def test_export_refuses_to_write_over_an_earlier_export(exported, finished_run):
+    root, run, _ = finished_run
+    _, out, _ = exported
+    before = (out / "manifest.json").read_bytes()
+    result = run_cli(root, f"run={run}", f"output_dir={out}", script="export.py")
+    assert result.returncode == 2
+    assert "already holds an export" in result.stdout + result.stderr
+    assert (out / "manifest.json").read_bytes() == before
 
 
 def test_export_of_a_missing_run_fails_clearly(tmp_path):

@@ -1,28 +1,43 @@
-"""`python export.py`: turn finished runs into verified ONNX files (FP32, FP16, INT8), one folder per tier."""
+"""`python export.py`: turn finished runs into a deployable set.
 
+One verified ONNX variant per tier and precision, profiled under every hardware setting, checked against the
+tier's budgets, and described in manifest.json (with report.md and pareto.png) for `tierkit.runtime`.
+"""
+
+import hashlib
 import json
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from rich.progress import track
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from torch import nn
 
+from tierkit.distill.teacher import load_teacher, teacher_cache_key
 from tierkit.errors import TierkitError
 from tierkit.export import export_onnx, max_output_difference, onnx_accuracy
+from tierkit.export.manifest import complete_manifest, provenance
+from tierkit.export.report import write_report
+from tierkit.export.tiers import PRECISIONS, budget_latency, choose_shipping
 from tierkit.export.verify import float_compute_ops
 from tierkit.models.checkpoint import load_student
-from tierkit.profile import ort_session
+from tierkit.profile import load_settings, ort_session
+from tierkit.profile.memory import peak_memory_mib
+from tierkit.profile.operators import operator_profile
+from tierkit.profile.variants import fastest, profile_models
 from tierkit.quant import calibration_samples, convert_fp16, quantize_int8
 from tierkit.quant.cpu import needs_reduced_range
 from tierkit.quant.qat import float_copy, is_prepared, qat_settings
 from tierkit.quant.qdq import export_qat_onnx
+from tierkit.runtime import sha256_of
 from tierkit.utils.files import write_json
 from tierkit.utils.instantiate import instantiate
 from tierkit.utils.model_stats import model_stats
@@ -30,7 +45,12 @@ from tierkit.utils.noise import silence_known_noise
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "conf")
+REPO_DIR = Path(__file__).resolve().parents[3]
+CONFIG_DIR = str(REPO_DIR / "conf")
+HARDWARE_DIR = REPO_DIR / "conf" / "hardware"
+# Runs trained before tiers named these keys get what the tier configs say today.
+DEFAULT_BUDGET_HARDWARE = "cpu_1thread"
+DEFAULT_DEVICE = {"min_cores": 1, "min_memory_mib": 0}
 
 
 def find_runs(cfg: DictConfig) -> list[Path]:
@@ -59,9 +79,6 @@ def find_runs(cfg: DictConfig) -> list[Path]:
     return runs
 
 
-PRECISIONS = ("fp32", "fp16", "int8")
-
-
 def shipped_qat_student(run: Path, student: nn.Module, checkpoint: str) -> nn.Module | None:
     """The QAT model that a run ships as its INT8 variant, if its quantization stage chose QAT."""
     if is_prepared(student):
@@ -80,93 +97,292 @@ def shipped_qat_student(run: Path, student: nn.Module, checkpoint: str) -> nn.Mo
     return load_student(qat_checkpoint)[0]
 
 
-def export_run(run: Path, cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
-    """Export one run's student in every requested precision; one row per ONNX file."""
+@dataclass
+class Run:
+    """A run folder with the student and config its checkpoint holds."""
+
+    folder: Path
+    student: nn.Module
+    config: DictConfig
+    name: str = ""
+    variants: list[dict] = field(default_factory=list)
+
+
+def teacher_file(run: Run) -> Path:
+    """The teacher the run distilled from: its recorded source, its ckpt_path, or the cache entry its config names."""
+    metrics_path = run.folder / "metrics.json"
+    recorded = json.loads(metrics_path.read_text()).get("teacher", {}).get("source") if metrics_path.is_file() else None
+    config = run.config
+    candidates = [Path(p).expanduser() for p in (recorded, config.teacher.get("ckpt_path")) if p]
+    candidates.append(Path(config.teacher.cache_dir).expanduser() / teacher_cache_key(config) / "teacher.pt")
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise TierkitError(
+        f"the teacher of {run.folder} is not on this machine (looked for {', '.join(map(str, candidates))})",
+        where=str(run.folder),
+        fix="run export.py from the folder you trained in, or set TIERKIT_CACHE_DIR to the teacher cache it used",
+    )
+
+
+def check_precisions(cfg: DictConfig) -> None:
     unknown = set(cfg.precisions) - set(PRECISIONS)
-    if unknown:
+    if unknown or not cfg.precisions:
         raise TierkitError(
-            f"unknown precision(s) {sorted(unknown)}",
+            f"unknown precision(s) {sorted(unknown)}" if unknown else "precisions is empty",
             where="precisions",
             fix=f"choose from {', '.join(PRECISIONS)}",
         )
-    student, config = load_student(run / "checkpoints" / f"{cfg.checkpoint}.ckpt")
-    qat_student = shipped_qat_student(run, student, cfg.checkpoint)
-    if is_prepared(student):
-        student = float_copy(student)
-    shape = tuple(config.data.input_shape)
-    tier = config.tier.name
-    target = out / tier if not (out / tier).exists() else out / f"{tier}-{run.name}"
-    datamodule = instantiate(config.data, where=f"{run} data config")
+
+
+def variant_files(run: Run, cfg: DictConfig, target: Path, datamodule) -> tuple[dict[str, Path], dict[str, dict]]:
+    """Write the run's FP32, FP16 and INT8 files; the second value holds per-precision facts worth recording."""
+    student = float_copy(run.student) if is_prepared(run.student) else run.student
+    qat_student = shipped_qat_student(run.folder, run.student, cfg.checkpoint)
+    shape = tuple(run.config.data.input_shape)
     paths = {"fp32": export_onnx(student, target / "fp32.onnx", shape)}
-    sessions = {"fp32": ort_session(paths["fp32"])}
-    difference = max_output_difference(student, sessions["fp32"], torch.randn(8, *shape))
+    difference = max_output_difference(student, ort_session(paths["fp32"]), torch.randn(8, *shape))
     if difference > cfg.max_logit_difference:
         raise TierkitError(
             f"ONNX Runtime and PyTorch disagree on {paths['fp32']} (max logit difference {difference:.2e})",
-            where=str(run),
+            where=str(run.folder),
             fix="report this model: an operator exported incorrectly",
         )
-    reduce_range = needs_reduced_range() if cfg.reduce_range is None else bool(cfg.reduce_range)
+    facts: dict[str, dict] = {"fp32": {"max_logit_difference": difference}, "fp16": {}}
     if "fp16" in cfg.precisions:
         paths["fp16"] = convert_fp16(paths["fp32"], target / "fp16.onnx")
-    calibration = cfg.calibration
     if "int8" in cfg.precisions and qat_student is not None:
         paths["int8"] = export_qat_onnx(qat_student, target / "int8.onnx", shape)
-        reduce_range = qat_settings(qat_student)["reduce_range"]
+        facts["int8"] = {"int8_method": "qat", "reduce_range": qat_settings(qat_student)["reduce_range"]}
     elif "int8" in cfg.precisions:
+        calibration = cfg.calibration
+        reduce_range = needs_reduced_range() if cfg.reduce_range is None else bool(cfg.reduce_range)
         samples = calibration_samples(datamodule, calibration.samples, calibration.batch_size, calibration.seed)
         paths["int8"] = quantize_int8(
             paths["fp32"], target / "int8.onnx", samples, calibration.batch_size, calibration.method, reduce_range
         )
-    stats = {k: v for k, v in model_stats(student, shape).items() if k != "size_bytes"}
-    rows = []
+        facts["int8"] = {
+            "int8_method": "ptq",
+            "reduce_range": reduce_range,
+            "calibration": {
+                **OmegaConf.to_container(calibration),
+                "sha256": sha256_of_array(samples),
+            },
+        }
+    if "int8" in paths:
+        facts["int8"]["float_compute_ops"] = float_compute_ops(paths["int8"])
+    return paths, facts
+
+
+def sha256_of_array(samples: np.ndarray) -> str:
+    """Digest of the calibration inputs, so two exports can tell whether they calibrated on the same data."""
+    return hashlib.sha256(np.ascontiguousarray(samples).tobytes()).hexdigest()
+
+
+def export_variants(run: Run, cfg: DictConfig, out: Path, folder_name: str) -> list[dict]:
+    """Every precision of one run as manifest variants (measurements other than accuracy come later)."""
+    config = run.config
+    tier = config.tier
+    datamodule = instantiate(config.data, where=f"{run.folder} data config")
+    paths, facts = variant_files(run, cfg, out / folder_name, datamodule)
+    stats = model_stats(float_copy(run.student) if is_prepared(run.student) else run.student, config.data.input_shape)
+    variants = []
     for precision in PRECISIONS:
-        if precision not in paths or (precision == "fp32" and "fp32" not in cfg.precisions):
+        if precision not in paths or precision not in cfg.precisions:
             continue
         path = paths[precision]
-        row = {
-            "run": str(run),
-            "tier": tier,
-            "precision": precision,
-            "file": str(path.relative_to(out)),
-            "bytes": path.stat().st_size,
-            "onnx_test_acc": onnx_accuracy(sessions.get(precision) or ort_session(path), datamodule),
-            **stats,
-        }
-        if precision == "fp32":
-            row["max_logit_difference"] = difference
-        if precision == "int8":
-            row["int8_method"] = "qat" if qat_student is not None else "ptq"
-            row["reduce_range"] = reduce_range
-            if qat_student is None:
-                row["calibration"] = OmegaConf.to_container(calibration)
-            row["float_compute_ops"] = float_compute_ops(path)
-        rows.append(row)
-    return rows
-
-
-def export(cfg: DictConfig) -> list[dict[str, Any]]:
-    runs = find_runs(cfg)
-    out = Path(cfg.output_dir)
-    rows = [row for run in track(runs, description="Exporting to ONNX") for row in export_run(run, cfg, out)]
-    write_json(out / "export.json", {"exports": rows})
-    table = Table(title=f"ONNX exports in {out}")
-    for column in ("tier", "precision", "file", "size", "params", "MACs", "ONNX Runtime test acc"):
-        table.add_column(
-            column, justify="left" if column in ("tier", "precision", "file") else "right", overflow="fold"
+        variants.append(
+            {
+                "name": f"{folder_name}-{precision}",
+                "tier": tier.name,
+                "precision": precision,
+                "file": path.relative_to(out).as_posix(),
+                "sha256": sha256_of(path),
+                "bytes": path.stat().st_size,
+                "accuracy": onnx_accuracy(ort_session(path), datamodule),
+                "params": stats["params"],
+                "macs": stats["macs"],
+                "run": str(run.folder),
+                "seed": config.get("seed"),
+                "budgets": OmegaConf.to_container(tier.budgets),
+                "budget_hardware": tier.get("budget_hardware", DEFAULT_BUDGET_HARDWARE),
+                "allowed_precisions": list(tier.get("precisions", PRECISIONS)),
+                "device": OmegaConf.to_container(tier.device) if "device" in tier else dict(DEFAULT_DEVICE),
+                **facts.get(precision, {}),
+            }
         )
-    for row in rows:
+    return variants
+
+
+def export_teacher(runs: list[Run], out: Path) -> dict:
+    """The teacher every run distilled from, as FP32 ONNX: the reference the tiers' accuracy budgets count from."""
+    sources = {teacher_file(run): run for run in runs}
+    if len(sources) > 1:
+        raise TierkitError(
+            f"the runs distilled from {len(sources)} different teachers ({', '.join(map(str, sources))})",
+            where="run",
+            fix="export runs that share one teacher together (one sweep), and the others separately",
+        )
+    datas = {json.dumps(OmegaConf.to_container(run.config.data, resolve=True), sort_keys=True) for run in runs}
+    if len(datas) > 1:
+        raise TierkitError(
+            "the runs were trained on different data configs, so their accuracies cannot be compared",
+            where="run",
+            fix="export runs trained on the same data together, and the others separately",
+        )
+    (source, run), config = next(iter(sources.items())), runs[0].config
+    shape = list(config.data.input_shape)
+    teacher, _ = load_teacher(source, config.model.teacher, shape, config.data.num_classes)
+    path = export_onnx(teacher, out / "teacher" / "fp32.onnx", tuple(shape))
+    stats = model_stats(teacher, shape)
+    datamodule = instantiate(config.data, where=f"{run.folder} data config")
+    return {
+        "name": "teacher",
+        "precision": "fp32",
+        "file": path.relative_to(out).as_posix(),
+        "sha256": sha256_of(path),
+        "bytes": path.stat().st_size,
+        "accuracy": onnx_accuracy(ort_session(path), datamodule),
+        "params": stats["params"],
+        "macs": stats["macs"],
+        "source": str(source),
+    }
+
+
+def load_runs(folders: list[Path], checkpoint: str) -> list[Run]:
+    """Load every run's student and config; a tier with several runs names their folders after the run."""
+    runs = []
+    for folder in folders:
+        student, config = load_student(folder / "checkpoints" / f"{checkpoint}.ckpt")
+        runs.append(Run(folder=folder, student=student, config=config))
+    tiers = [run.config.tier.name for run in runs]
+    for run in runs:
+        tier = run.config.tier.name
+        run.name = tier if tiers.count(tier) == 1 else f"{tier}-{run.folder.name}"
+    return runs
+
+
+def measure(files: dict[str, Path], entries: dict[str, dict], shape: list[int], cfg: DictConfig, progress) -> list:
+    """Latency rows, best setting, peak memory and operator profile for every model; returns skipped settings."""
+    profiling = cfg.profiling
+    levels = list(profiling.graph_optimization_levels) if profiling.graph_optimization_levels else None
+    settings, skipped = load_settings(HARDWARE_DIR, list(profiling.hardware), levels)
+    measured = {s.hardware for s in settings}
+    for name, entry in entries.items():
+        if entry.get("budget_hardware", next(iter(measured))) not in measured:
+            raise TierkitError(
+                f"{name}'s tier checks latency on {entry['budget_hardware']}, which is not measured here",
+                where="profiling.hardware",
+                fix=f"add {entry['budget_hardware']} to profiling.hardware (measured now: {sorted(measured)})",
+            )
+    task = progress.add_task("Profiling latency", total=len(settings))
+    rows = profile_models(
+        files,
+        shape,
+        settings,
+        profiling.repeats,
+        profiling.warmup,
+        profiling.throughput_batch,
+        profiling.throughput_repeats,
+        advance=lambda label: progress.update(task, advance=1, description=f"Profiling latency ({label})"),
+    )
+    by_row = {(s.hardware, s.graph_optimization_level): s for s in settings}
+    batch = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+    task = progress.add_task("Memory and operator profiles", total=len(files))
+    for name, path in files.items():
+        entry = entries[name]
+        entry["latency"] = rows[name]
+        best = fastest(rows[name])
+        setting = by_row[(best["hardware"], best["graph_optimization_level"])]
+        entry["setting"] = setting.as_row()
+        entry["peak_memory_mib"] = peak_memory_mib(path, setting, shape) if profiling.memory else None
+        entry["operators"] = operator_profile(
+            path, setting, batch, runs=profiling.operator_runs, top=profiling.top_operators
+        )
+        progress.advance(task)
+    return skipped
+
+
+def print_summary(manifest: dict, out: Path) -> None:
+    """The variants against their budgets as a table, then one line per tier saying what ships and why."""
+    table = Table(title=f"tierkit export in {out}")
+    for column in ("variant", "ships", "accuracy", "drop (points)", "size", "budget p50", "budgets"):
+        table.add_column(column, justify="left" if column in ("variant", "ships", "budgets") else "right")
+    teacher, variants = manifest["teacher"], manifest["variants"]
+    for v in [teacher, *variants]:
+        failed = [name for name, passed in v.get("checks", {}).items() if not passed]
+        verdict = "[green]pass[/]" if not failed else f"[red]fail: {', '.join(failed)}[/]"
         table.add_row(
-            row["tier"],
-            row["precision"],
-            row["file"],
-            f"{row['bytes'] / 1024:.1f} KiB",
-            f"{row['params']:,}",
-            f"{row['macs']:,}",
-            f"{100 * row['onnx_test_acc']:.2f}%",
+            v["name"],
+            "[green]yes[/]" if v.get("ships") else "no",
+            f"{100 * v['accuracy']:.2f}%",
+            f"{-100 * v.get('accuracy_drop', 0):+.2f}",
+            f"{v['bytes'] / 1024:.1f} KiB",
+            f"{budget_latency(v)['p50_ms']:.4f} ms on {v['budget_hardware']}" if "budget_hardware" in v else "",
+            verdict if "checks" in v else "reference",
         )
-    Console().print(table)
-    return rows
+    console = Console()
+    console.print(table)
+    for tier in dict.fromkeys(v["tier"] for v in variants):
+        shipped = [v for v in variants if v["tier"] == tier and v["ships"]]
+        if shipped:
+            console.print(f"[bold]{tier}[/] ships {shipped[0]['name']}: {shipped[0]['why']}")
+        else:
+            reasons = "; ".join(f"{v['name']} {v['why']}" for v in variants if v["tier"] == tier)
+            console.print(f"[red][bold]{tier}[/] ships nothing: {reasons}[/]")
+    for note in manifest["profiling"]["skipped"]:
+        console.print(f"Not measured: {note}")
+    console.print(f"Wrote {out / 'manifest.json'}, {out / 'report.md'} and {out / 'pareto.png'}")
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    """Export, measure and describe every run; returns the manifest that was written."""
+    out = Path(cfg.output_dir)
+    if (out / "manifest.json").exists():
+        raise TierkitError(
+            f"{out} already holds an export (manifest.json); writing into it would change files it describes",
+            where="output_dir",
+            fix="pass a new output_dir, or delete the old export first",
+        )
+    check_precisions(cfg)
+    runs = load_runs(find_runs(cfg), cfg.checkpoint)
+    shape = list(runs[0].config.data.input_shape)
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False
+    )
+    with progress:
+        task = progress.add_task("Exporting runs to ONNX", total=len(runs) + 1)
+        teacher = export_teacher(runs, out)
+        progress.advance(task)
+        variants = []
+        for run in runs:
+            variants += export_variants(run, cfg, out, run.name)
+            progress.advance(task)
+        entries = {"teacher": teacher, **{v["name"]: v for v in variants}}
+        files = {name: out / entry["file"] for name, entry in entries.items()}
+        skipped = measure(files, entries, shape, cfg, progress)
+    choose_shipping(variants, teacher["accuracy"])
+    input_name = ort_session(files["teacher"]).get_inputs()[0].name
+    measured_hardware = [row["hardware"] for row in teacher["latency"]]
+    plot_hardware = cfg.profiling.plot_hardware
+    body = {
+        "provenance": provenance(REPO_DIR, [run.config.get("seed") for run in runs]),
+        "input": {"name": input_name, "shape": shape, "dtype": "float32"},
+        "num_classes": int(runs[0].config.data.num_classes),
+        "teacher": teacher,
+        "variants": variants,
+        "profiling": {
+            "skipped": skipped,
+            "plot_hardware": plot_hardware if plot_hardware in measured_hardware else measured_hardware[0],
+            "accuracy_reference": "teacher fp32 in ONNX Runtime, test split",
+            **OmegaConf.to_container(cfg.profiling),
+        },
+    }
+    manifest = complete_manifest(body, out / "manifest.json")
+    write_report(manifest, out)
+    write_json(out / "manifest.json", manifest)
+    print_summary(manifest, out)
+    return manifest
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")

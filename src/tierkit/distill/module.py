@@ -10,10 +10,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from tierkit.distill.losses import distillation_loss
 from tierkit.errors import TierkitError
+from tierkit.models.checkpoint import CHECKPOINT_FORMAT
 from tierkit.models.structure import apply_structure, describe_structure
 from tierkit.quant.qat import prepare_qat, qat_settings
-
-CHECKPOINT_FORMAT = 1
 
 
 def freeze(model: nn.Module) -> nn.Module:

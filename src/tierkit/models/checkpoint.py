@@ -11,6 +11,9 @@ from tierkit.models.build import build_model
 from tierkit.models.structure import apply_structure
 from tierkit.quant.qat import prepare_qat
 
+# Bumped whenever the "tierkit" entry of a checkpoint changes meaning; readers refuse other formats.
+CHECKPOINT_FORMAT = 1
+
 
 def load_student(path: str | Path) -> tuple[nn.Module, DictConfig]:
     """The student in ``path`` (eval mode, pruned shapes and QAT quantizers included) and its run config."""
@@ -23,6 +26,18 @@ def load_student(path: str | Path) -> tuple[nn.Module, DictConfig]:
             where=str(path),
             fix="use checkpoints/best.ckpt or last.ckpt from a tierkit run folder",
         ) from exc
+    if not isinstance(saved, dict) or not saved.get("config"):
+        raise TierkitError(
+            f"{path} holds no run config, so the model it was trained as cannot be rebuilt",
+            where=str(path),
+            fix="export checkpoints written by tierkit's train.py (checkpoints/best.ckpt or last.ckpt)",
+        )
+    if saved.get("format") != CHECKPOINT_FORMAT:
+        raise TierkitError(
+            f"{path} is in checkpoint format {saved.get('format')!r}; this tierkit reads format {CHECKPOINT_FORMAT}",
+            where=str(path),
+            fix="export it with the tierkit release that trained it, or retrain with this one",
+        )
     config = OmegaConf.create(saved["config"])
     student = build_model(config.model.student, config.data.input_shape, config.data.num_classes, where=str(path))
     weights = {k.removeprefix("student."): v for k, v in checkpoint["state_dict"].items() if k.startswith("student.")}

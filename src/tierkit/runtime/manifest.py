@@ -137,7 +137,8 @@ def _check_variant(c: _Checker, variant: Any, path: str) -> None:
     c.number(c.key(variant, "accuracy", path), f"{path}.accuracy", 0, 1)
     c.integer(c.key(variant, "params", path), f"{path}.params", 0)
     c.integer(c.key(variant, "macs", path), f"{path}.macs", 0)
-    c.number(c.key(variant, "peak_memory_mib", path), f"{path}.peak_memory_mib", 0)
+    if c.key(variant, "peak_memory_mib", path) is not None:  # null where the export could not measure it
+        c.number(variant["peak_memory_mib"], f"{path}.peak_memory_mib", 0)
     c.flag(c.key(variant, "ships", path), f"{path}.ships")
     budgets = c.obj(c.key(variant, "budgets", path), f"{path}.budgets")
     for key in ("max_accuracy_drop", "max_size_kib", "max_latency_ms"):

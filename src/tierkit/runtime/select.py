@@ -63,7 +63,9 @@ def _device_problems(variant: dict, device: DeviceInfo, max_memory_mib: float | 
         problems.append(f"tier needs >= {needs['min_memory_mib']} MiB memory, device has {device.memory_mib} MiB")
     if device.cores < needs["min_cores"]:
         problems.append(f"tier needs >= {_count(needs['min_cores'], 'core')}, device has {device.cores}")
-    if max_memory_mib is not None and variant["peak_memory_mib"] > max_memory_mib:
+    if max_memory_mib is not None and variant["peak_memory_mib"] is None:
+        problems.append("peak memory was not measured at export, so max_memory_mib cannot be checked")
+    elif max_memory_mib is not None and variant["peak_memory_mib"] > max_memory_mib:
         problems.append(f"peak memory {variant['peak_memory_mib']:g} MiB > max_memory_mib {max_memory_mib:g}")
     return problems
 

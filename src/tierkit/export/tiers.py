@@ -1,0 +1,71 @@
+"""Tier budgets checked on measurements, and the one variant per tier that ships."""
+
+from tierkit.profile.variants import fastest
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def budget_latency(variant: dict) -> dict:
+    """The variant's fastest row on the hardware its tier's latency budget is checked on."""
+    return fastest(variant["latency"], variant["budget_hardware"])
+
+
+def check_budgets(variant: dict, reference_accuracy: float) -> list[str]:
+    """Fill ``variant['checks']`` (accuracy, size, latency: pass or fail) and return why each failed."""
+    budgets = variant["budgets"]
+    drop = reference_accuracy - variant["accuracy"]
+    kib = variant["bytes"] / 1024
+    p50 = budget_latency(variant)["p50_ms"]
+    variant["accuracy_drop"] = round(drop, 6)
+    # A hair of slack so an accuracy measured on a finite split is not failed by float rounding.
+    variant["checks"] = {
+        "accuracy": drop <= budgets["max_accuracy_drop"] + 1e-9,
+        "size": kib <= budgets["max_size_kib"],
+        "latency": p50 <= budgets["max_latency_ms"],
+    }
+    hardware = variant["budget_hardware"]
+    reasons = {
+        "accuracy": f"accuracy drop {100 * drop:.2f} > {100 * budgets['max_accuracy_drop']:.2f} points vs the teacher",
+        "size": f"size {kib:.1f} > {budgets['max_size_kib']:g} KiB",
+        "latency": f"p50 {p50:.4f} > {budgets['max_latency_ms']:g} ms on {hardware}",
+    }
+    return [reasons[check] for check, passed in variant["checks"].items() if not passed]
+
+
+def choose_shipping(variants: list[dict], reference_accuracy: float) -> None:
+    """Mark one variant per tier as shipping and set every variant's ``why``.
+
+    Among the variants of a tier that pass all its budgets and use a precision the tier allows, the one with the
+    lowest p50 on the tier's budget hardware ships: for very small models FP32 can beat INT8, so it is measured,
+    not assumed. A tier where nothing passes ships nothing, and says why.
+    """
+    for tier in dict.fromkeys(v["tier"] for v in variants):
+        members = [v for v in variants if v["tier"] == tier]
+        passing = []
+        for variant in members:
+            failures = check_budgets(variant, reference_accuracy)
+            variant["ships"] = False
+            if variant["precision"] not in variant["allowed_precisions"]:
+                variant["why"] = f"tier {tier} does not ship {variant['precision']} (allowed: " + (
+                    ", ".join(variant["allowed_precisions"]) + ")"
+                )
+            elif failures:
+                variant["why"] = "fails its budget: " + "; ".join(failures)
+            else:
+                passing.append(variant)
+        if not passing:
+            continue
+        passing.sort(key=lambda v: (budget_latency(v)["p50_ms"], v["bytes"]))
+        winner = passing[0]
+        winner["ships"] = True
+        hardware = winner["budget_hardware"]
+        others = ", ".join(f"{v['name']} {budget_latency(v)['p50_ms']:.4f} ms" for v in passing[1:])
+        winner["why"] = (
+            f"passes every budget and is the fastest of {len(passing)} that do on {hardware} "
+            f"(p50 {budget_latency(winner)['p50_ms']:.4f} ms" + (f"; {others})" if others else ")")
+        )
+        for variant in passing[1:]:
+            variant["why"] = (
+                f"passes every budget, but {winner['name']} is faster on {hardware} "
+                f"({budget_latency(winner)['p50_ms']:.4f} vs {budget_latency(variant)['p50_ms']:.4f} ms)"
+            )

@@ -1,0 +1,194 @@
+"""Export's parts without training: settings, budgets and shipping, profiles, the plot, bad checkpoints."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tierkit.errors import TierkitError
+from tierkit.export import export_onnx
+from tierkit.export.report import _pareto_front, plot_pareto, render_report
+from tierkit.export.tiers import choose_shipping
+from tierkit.models.checkpoint import load_student
+from tierkit.profile import HardwareSetting, load_settings
+from tierkit.profile.memory import peak_memory_mib
+from tierkit.profile.operators import operator_profile
+from tierkit.profile.variants import profile_models
+
+from conftest import CONFIG_DIR
+
+HARDWARE_DIR = CONFIG_DIR / "hardware"
+ONE_THREAD = HardwareSetting("cpu_1thread", ("CPUExecutionProvider",), 1, 1, "ORT_ENABLE_ALL")
+BUDGETS = {"max_accuracy_drop": 0.01, "max_size_kib": 64, "max_latency_ms": 0.5}
+
+
+def _row(hardware: str, p50: float) -> dict:
+    return {
+        **ONE_THREAD.as_row(),
+        "hardware": hardware,
+        "p50_ms": p50,
+        "p90_ms": p50,
+        "p99_ms": p50,
+        "throughput_per_s": 1 / p50,
+    }
+
+
+def _variant(precision: str, accuracy: float, kib: float, p50: float, allowed=("fp32", "fp16", "int8")) -> dict:
+    return {
+        "name": f"lowend-{precision}",
+        "tier": "lowend",
+        "precision": precision,
+        "accuracy": accuracy,
+        "bytes": int(kib * 1024),
+        "budgets": dict(BUDGETS),
+        "budget_hardware": "cpu_1thread",
+        "allowed_precisions": list(allowed),
+        "latency": [
+            _row("cpu_1thread", p50 * 3),  # a slower optimization level
+            _row("cpu_1thread", p50),
+            _row("cpu_all", p50 / 10),  # not the budget hardware
+        ],
+    }
+
+
+def test_the_fastest_variant_within_every_budget_ships_even_if_it_is_fp32():
+    fp32, fp16, int8 = (
+        _variant("fp32", 0.985, 40, 0.05),
+        _variant("fp16", 0.985, 22, 0.06),
+        _variant("int8", 0.98, 15, 0.08),
+    )
+    choose_shipping([fp32, fp16, int8], reference_accuracy=0.986)
+    assert [fp32["ships"], fp16["ships"], int8["ships"]] == [True, False, False]
+    assert all(v["checks"] == {"accuracy": True, "size": True, "latency": True} for v in (fp32, fp16, int8))
+    assert "fastest of 3" in fp32["why"] and "0.0500 ms" in fp32["why"], "the budget hardware's best row counts"
+    assert "lowend-fp32 is faster" in int8["why"]
+
+
+def test_variants_over_budget_or_not_allowed_do_not_ship_and_say_why():
+    too_big = _variant("fp32", 0.985, 80, 0.05)
+    too_lossy = _variant("fp16", 0.97, 20, 0.05)
+    not_allowed = _variant("int8", 0.985, 15, 0.01, allowed=("fp32",))
+    choose_shipping([too_big, too_lossy, not_allowed], reference_accuracy=0.986)
+    assert not any(v["ships"] for v in (too_big, too_lossy, not_allowed))
+    assert too_big["checks"]["size"] is False and "size 80.0 > 64 KiB" in too_big["why"]
+    assert too_lossy["checks"]["accuracy"] is False and "1.60 > 1.00 points" in too_lossy["why"]
+    assert "does not ship int8" in not_allowed["why"]
+
+
+def test_slow_variant_fails_its_latency_budget_on_the_tier_hardware():
+    slow = _variant("fp32", 0.985, 40, 0.9)
+    choose_shipping([slow], reference_accuracy=0.986)
+    assert slow["checks"]["latency"] is False and "on cpu_1thread" in slow["why"]
+
+
+def test_settings_expand_levels_and_skip_missing_providers(monkeypatch):
+    settings, skipped = load_settings(HARDWARE_DIR, ["cpu_1thread", "cpu_all"], ["ORT_ENABLE_BASIC", "ORT_ENABLE_ALL"])
+    assert [(s.hardware, s.graph_optimization_level) for s in settings] == [
+        ("cpu_1thread", "ORT_ENABLE_BASIC"),
+        ("cpu_1thread", "ORT_ENABLE_ALL"),
+        ("cpu_all", "ORT_ENABLE_BASIC"),
+        ("cpu_all", "ORT_ENABLE_ALL"),
+    ]
+    assert settings[0].intra_op_num_threads == 1 and settings[2].intra_op_num_threads == 0
+    monkeypatch.setattr("onnxruntime.get_available_providers", lambda: ["CPUExecutionProvider"])
+    settings, skipped = load_settings(HARDWARE_DIR, ["cpu_1thread", "cuda"], None)
+    assert [s.hardware for s in settings] == ["cpu_1thread"]
+    assert skipped and "cuda" in skipped[0] and "CUDAExecutionProvider" in skipped[0]
+
+
+@pytest.mark.parametrize(
+    ("names", "levels", "message"),
+    [
+        (["cpu_9thread"], None, "unknown hardware config(s) ['cpu_9thread']"),
+        ([], None, "profiling.hardware is empty"),
+        (["cpu_1thread"], ["ORT_ENABLE_FAST"], "unknown graph optimization level(s) ['ORT_ENABLE_FAST']"),
+    ],
+)
+def test_bad_profiling_config_is_refused(names, levels, message):
+    with pytest.raises(TierkitError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        load_settings(HARDWARE_DIR, names, levels)
+
+
+@pytest.fixture(scope="module")
+def small_models(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    small = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    large = nn.Sequential(nn.Conv2d(1, 64, 3), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.Flatten(), nn.Linear(64 * 4 * 4, 10))
+    return {
+        "small": export_onnx(small, folder / "small.onnx", (1, 8, 8)),
+        "large": export_onnx(large, folder / "large.onnx", (1, 8, 8)),
+    }
+
+
+def test_profile_rows_cover_every_setting_with_ordered_percentiles(small_models):
+    settings, _ = load_settings(HARDWARE_DIR, ["cpu_1thread", "cpu_2thread"], None)
+    seen = []
+    rows = profile_models(small_models, [1, 8, 8], settings, 30, 3, 16, 6, advance=seen.append)
+    assert seen == ["cpu_1thread enable_all", "cpu_2thread enable_all"]
+    for name in small_models:
+        assert [row["hardware"] for row in rows[name]] == ["cpu_1thread", "cpu_2thread"]
+        for row in rows[name]:
+            assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+            assert row["throughput_per_s"] > 0 and row["throughput_batch"] == 16
+    # 64x more MACs cannot be faster: the measurement sees the models.
+    assert rows["large"][0]["p50_ms"] > rows["small"][0]["p50_ms"]
+
+
+def test_operator_profile_names_the_convolution_as_the_cost_of_a_conv_model(small_models):
+    ops = operator_profile(small_models["large"], ONE_THREAD, np.zeros((1, 1, 8, 8), np.float32), runs=20, top=3)
+    assert len(ops) <= 3 and ops[0]["op"] in {"Conv", "FusedConv"}
+    assert all(0 < op["share"] <= 1 for op in ops) and sum(op["share"] for op in ops) <= 1.0001
+    assert ops == sorted(ops, key=lambda op: op["share"], reverse=True)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak memory is measured from Linux /proc")
+def test_peak_memory_grows_with_the_model(tmp_path, small_models):
+    big = nn.Sequential(nn.Flatten(), nn.Linear(64, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.Linear(4096, 10))
+    path = export_onnx(big, tmp_path / "big.onnx", (1, 8, 8))  # 64 MiB of float32 weights
+    small = peak_memory_mib(small_models["small"], ONE_THREAD, [1, 8, 8])
+    large = peak_memory_mib(path, ONE_THREAD, [1, 8, 8])
+    assert 0 <= small < 16
+    assert large > 60, "loading 64 MiB of weights must show in the peak"
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    points = [(1.0, 90.0), (2.0, 95.0), (1.5, 89.0), (3.0, 94.0), (0.5, 80.0)]
+    assert _pareto_front(points) == [(0.5, 80.0), (1.0, 90.0), (2.0, 95.0)]
+
+
+def test_report_and_plot_from_a_manifest(tmp_path):
+    variants = [_variant("fp32", 0.985, 40, 0.05), _variant("int8", 0.98, 15, 0.08)]
+    choose_shipping(variants, reference_accuracy=0.986)
+    for v in variants:
+        v.update(params=1000, macs=20000, peak_memory_mib=3.5, operators=[{"op": "Conv", "share": 0.8}])
+    teacher = {**_variant("fp32", 0.986, 1000, 0.5), "name": "teacher", "params": 9, "macs": 9, "peak_memory_mib": None}
+    del teacher["tier"], teacher["budget_hardware"]
+    manifest = {
+        "created": "2026-11-25T00:00:00+00:00",
+        "provenance": {"cpu": {"model": "test cpu", "cores": 2}, "git_commit": "abc"},
+        "teacher": teacher,
+        "variants": variants,
+        "profiling": {"plot_hardware": "cpu_1thread", "skipped": ["cuda: no CUDAExecutionProvider"]},
+    }
+    report = render_report(manifest)
+    assert "| lowend-fp32 | yes | 98.50% | -0.10 | 40.0 KiB |" in report
+    assert "cuda: no CUDAExecutionProvider" in report and "Conv 80%" in report
+    png = plot_pareto(manifest, tmp_path / "pareto.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"format": 1}, "holds no run config"),
+        ({"format": 99, "config": {"model": {}}}, "checkpoint format 99; this tierkit reads format 1"),
+    ],
+)
+def test_checkpoint_without_config_or_from_another_format_is_refused(tmp_path, entry, message):
+    path = tmp_path / "best.ckpt"
+    torch.save({"state_dict": {}, "tierkit": entry}, path)
+    with pytest.raises(TierkitError, match=message):
+        load_student(path)
