@@ -224,7 +224,7 @@ def test_unreadable_manifest_is_a_manifest_error(tmp_path):
 def test_selection_on_described_devices(export, device, variant, hardware):
     selection = select_variant(load_manifest(export), device)
     assert (selection.variant["name"], selection.setting["hardware"]) == (variant, hardware)
-    assert "highest accuracy" in selection.reason
+    assert f"tier {selection.variant['tier']!r}" in selection.reason and "most demanding" in selection.reason
     assert ("highend-fp16", "does not ship (highend-fp32 is more accurate)") in selection.rejected
 
 
@@ -237,20 +237,25 @@ def test_cuda_row_is_preferred_even_when_a_cpu_row_is_faster(export):
 
 
 @pytest.mark.parametrize(("limit", "variant"), [(1.6, "midrange-fp16"), (1.2, "lowend-int8")])
-def test_latency_limit_picks_the_most_accurate_that_fits(export, limit, variant):
+def test_latency_limit_picks_the_most_demanding_tier_that_fits(export, limit, variant):
     selection = select_variant(load_manifest(export), _device(16384, 8), max_latency_ms=limit)
     assert selection.variant["name"] == variant
     assert selection.setting["p50_ms"] <= limit
     assert f"max_latency_ms={limit:g}" in selection.reason
 
 
-def test_memory_limit_and_accuracy_tie(export):
+def test_memory_limit_and_ties_within_a_device_class(export):
     manifest = load_manifest(export)
     assert select_variant(manifest, _device(16384, 8), max_memory_mib=100).variant["name"] == "lowend-int8"
+    # A tier that scores higher on the test split does not outrank the tier made for the device.
+    manifest["variants"][3]["accuracy"] = 0.99
+    assert select_variant(manifest, _device(16384, 8)).variant["name"] == "highend-fp32"
+    # Two variants for the same device class: the more accurate wins, and on a tie the faster.
+    manifest["variants"][2]["device"] = dict(manifest["variants"][0]["device"])
     manifest["variants"][2]["accuracy"] = manifest["variants"][0]["accuracy"]
     selection = select_variant(manifest, _device(16384, 8))
     assert selection.variant["name"] == "midrange-fp16"  # same accuracy, 1.5 ms beats 2.0 ms
-    assert "tied on accuracy with highend-fp32" in selection.reason
+    assert "tied with highend-fp32: lowest p50 wins" in selection.reason
 
 
 def test_nothing_fits_lists_every_reason(export):

@@ -70,11 +70,18 @@ def _device_problems(variant: dict, device: DeviceInfo, max_memory_mib: float | 
     return problems
 
 
+def _demand(variant: dict) -> tuple[int, int]:
+    return variant["device"]["min_memory_mib"], variant["device"]["min_cores"]
+
+
 def select_variant(
     manifest: dict, device: DeviceInfo, max_latency_ms: float | None = None, max_memory_mib: float | None = None
 ) -> Selection:
-    """The most accurate shipping variant the device can run within the app's limits; ties go to the fastest.
+    """The shipping variant of the most demanding tier the device meets, within the app's limits.
 
+    Tiers are ranked by the device they ask for (memory, then cores): a device gets the model made for its
+    class, not whichever variant scored a hair higher on a finite test split. Variants asking for the same
+    device are ranked by accuracy, then by the fastest measured setting.
     Raises NoVariantFits listing every variant's rejection reasons when none fits.
     """
     for name, limit in (("max_latency_ms", max_latency_ms), ("max_memory_mib", max_memory_mib)):
@@ -96,20 +103,27 @@ def select_variant(
             fits.append((variant, row))
     if not fits:
         raise NoVariantFits(rejected)
-    fits.sort(key=lambda fit: (-fit[0]["accuracy"], fit[1]["p50_ms"], fit[0]["name"]))
+    fits.sort(
+        key=lambda fit: (*(-need for need in _demand(fit[0])), -fit[0]["accuracy"], fit[1]["p50_ms"], fit[0]["name"])
+    )
     (winner, row), others = fits[0], fits[1:]
     limits = [
         f"{name}={limit:g}"
         for name, limit in (("max_latency_ms", max_latency_ms), ("max_memory_mib", max_memory_mib))
         if limit is not None
     ]
+    memory, cores = _demand(winner)
     reason = (
-        f"highest accuracy ({winner['accuracy']:.4f}) of the {len(fits)} shipping variant(s) that fit this device"
+        f"tier {winner['tier']!r} (for devices with >= {memory} MiB and {_count(cores, 'core')}) is the most "
+        f"demanding of the {len(fits)} shipping variant(s) that fit this device"
         + (f" within {', '.join(limits)}" if limits else "")
     )
-    tied = [variant["name"] for variant, _ in others if variant["accuracy"] == winner["accuracy"]]
-    if tied:
-        reason += f"; tied on accuracy with {', '.join(tied)}, lowest p50 wins"
+    peers = [variant for variant, _ in others if _demand(variant) == _demand(winner)]
+    if peers:
+        reason += f"; most accurate ({winner['accuracy']:.4f}) of those asking for the same device"
+        tied = [variant["name"] for variant in peers if variant["accuracy"] == winner["accuracy"]]
+        if tied:
+            reason += f", tied with {', '.join(tied)}: lowest p50 wins"
     provider = row["providers"][0]
     threads = row["intra_op_num_threads"]
     reason += (
