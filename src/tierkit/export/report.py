@@ -4,7 +4,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from tierkit.export.tiers import budget_latency
 from tierkit.profile.variants import fastest
@@ -108,12 +108,14 @@ def plot_pareto(manifest: dict, path: Path) -> Path:
             alpha=0.75,
             zorder=3,
         )
-        axes.annotate(v["name"], (latency, accuracy), textcoords="offset points", xytext=(6, 4), fontsize=7)
+        if is_teacher or v.get("ships"):  # the rest are told apart by colour and marker
+            axes.annotate(v["name"], (latency, accuracy), textcoords="offset points", xytext=(8, 6), fontsize=8)
     front = _pareto_front(points)
     axes.plot(*zip(*front, strict=True), color="gray", linestyle="--", linewidth=1, zorder=1, label="Pareto front")
     axes.set_xscale("log")
+    axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axes.xaxis.set_major_formatter(ScalarFormatter())
-    axes.xaxis.set_minor_formatter(ScalarFormatter())
+    axes.xaxis.set_minor_formatter(NullFormatter())
     axes.set_xlabel(f"batch-1 latency p50 on {hardware} (ms, log scale)")
     axes.set_ylabel("test accuracy in ONNX Runtime (%)")
     axes.set_title("tierkit export: accuracy against latency (marker area ~ file size, red edge = ships)")

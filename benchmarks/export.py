@@ -1,0 +1,138 @@
+"""The deployable set end to end: a 3-tier sweep on mnist5k, exported, checked against the tier budgets, and the
+runtime's choice for three described devices.
+
+    python benchmarks/export.py [--sweep multirun/DATE/TIME]
+
+Without --sweep it first runs `python train.py -m tier=highend,midrange,lowend` (about 5 minutes on 2 cores).
+Then it runs `python export.py run=<sweep>`, whose profiler times every model interleaved under every
+hardware setting, and reads the figures from the manifest. Writes benchmarks/results/export.{json,md} and
+benchmarks/results/export_pareto.png.
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tierkit.runtime import DeviceInfo, load_manifest, select_variant
+
+from machine import RESULTS, describe, save_results
+
+REPO = Path(__file__).resolve().parents[1]
+TIERS = "highend,midrange,lowend"
+# The comparison the issue asks for: batch 1, one thread, ONNX Runtime with all graph optimizations.
+REFERENCE = ("cpu_1thread", "ORT_ENABLE_ALL")
+# Each described device, the app's latency limit (the p50 of a tier's shipped variant, or none) and what the
+# runtime's rule says it must get: the most demanding tier whose device minimums it meets, within the limit.
+DEVICES = {
+    "budget phone (1 core, 1 GiB)": ({"cores": 1, "memory_mib": 1024}, None, "lowend"),
+    "mid-range phone (2 cores, 3 GiB)": ({"cores": 2, "memory_mib": 3072}, None, "midrange"),
+    "laptop (8 cores, 16 GiB)": ({"cores": 8, "memory_mib": 16384}, None, "highend"),
+    "laptop, app asks for p50 <= lowend's": ({"cores": 8, "memory_mib": 16384}, "lowend", "within the limit"),
+}
+
+
+def run(command: list[str]) -> None:
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, cwd=REPO, check=True)
+
+
+def reference_row(entry: dict) -> dict:
+    return next(r for r in entry["latency"] if (r["hardware"], r["graph_optimization_level"]) == REFERENCE)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sweep", type=Path, help="an existing 3-tier sweep folder to export instead of training")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="tierkit-bench-export-"))
+    sweep = args.sweep or scratch / "multirun"
+    if args.sweep is None:
+        run([sys.executable, "train.py", "-m", f"tier={TIERS}", f"hydra.sweep.dir={sweep}", "~callbacks.progress"])
+    out = scratch / "export"
+    run([sys.executable, "export.py", f"run={sweep}", f"output_dir={out}"])
+    manifest = load_manifest(out / "manifest.json")
+    teacher = manifest["teacher"]
+    shipped = {v["tier"]: v for v in manifest["variants"] if v["ships"]}
+    lines = [
+        f"Machine: {describe()}",
+        "",
+        "| tier | ships | accuracy | vs teacher (points) | size | size vs teacher | p50 1 thread (ms) | speed-up "
+        "vs teacher | budget p50 (ms) | budgets |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| teacher | fp32 | {100 * teacher['accuracy']:.2f}% | +0.00 | {teacher['bytes'] / 1024:.1f} KiB | 1.00x | "
+        f"{reference_row(teacher)['p50_ms']:.4f} | 1.00x | | reference |",
+    ]
+    rows = []
+    for tier in TIERS.split(","):
+        variant = shipped.get(tier)
+        if variant is None:
+            why = "; ".join(v["why"] for v in manifest["variants"] if v["tier"] == tier)
+            lines.append(f"| {tier} | nothing | | | | | | | | fail: {why} |")
+            rows.append({"tier": tier, "ships": None})
+            continue
+        p50 = reference_row(variant)["p50_ms"]
+        budget_p50 = min(r["p50_ms"] for r in variant["latency"] if r["hardware"] == variant["budget_hardware"])
+        row = {
+            "tier": tier,
+            "ships": variant["name"],
+            "accuracy": variant["accuracy"],
+            "drop_points": 100 * (teacher["accuracy"] - variant["accuracy"]),
+            "bytes": variant["bytes"],
+            "size_ratio": teacher["bytes"] / variant["bytes"],
+            "p50_ms": p50,
+            "speedup": reference_row(teacher)["p50_ms"] / p50,
+            "budget_p50_ms": budget_p50,
+            "budget_hardware": variant["budget_hardware"],
+            "checks": variant["checks"],
+        }
+        rows.append(row)
+        lines.append(
+            f"| {tier} | {variant['precision']} | {100 * row['accuracy']:.2f}% | {-row['drop_points']:+.2f} | "
+            f"{row['bytes'] / 1024:.1f} KiB | 1/{row['size_ratio']:.1f} | {p50:.4f} | {row['speedup']:.1f}x | "
+            f"{budget_p50:.4f} ({variant['budget_hardware']}) | "
+            f"{'pass' if all(variant['checks'].values()) else 'fail'} |"
+        )
+    picks = []
+    lines += ["", "| described device | app limit | expected | runtime picks | as expected | reason |"]
+    lines.append("|---|---|---|---|---|---|")
+    for label, (description, latency_of, expected) in DEVICES.items():
+        limit = reference_row(shipped[latency_of])["p50_ms"] if latency_of in shipped else None
+        selection = select_variant(manifest, DeviceInfo.from_dict(description), max_latency_ms=limit)
+        picked = selection.variant
+        if expected == "within the limit":
+            as_expected = selection.setting["p50_ms"] <= limit
+        else:
+            as_expected = picked["tier"] == expected
+        picks.append({"device": label, "max_latency_ms": limit, "variant": picked["name"], "as_expected": as_expected})
+        lines.append(
+            f"| {label} | {f'p50 <= {limit:.4f} ms' if limit else '-'} | {expected} | {picked['name']} | "
+            f"{'yes' if as_expected else 'NO'} | {selection.reason} |"
+        )
+    lowend = next((r for r in rows if r["tier"] == "lowend" and r["ships"]), None)
+    if lowend:
+        lines += [
+            "",
+            f"lowend vs teacher: {lowend['size_ratio']:.1f}x smaller (target >= 10x), {lowend['speedup']:.1f}x faster "
+            f"at batch 1 on one thread (target >= 5x), {lowend['drop_points']:.2f} points lost (target <= 1).",
+        ]
+    shutil.copy(out / "pareto.png", RESULTS / "export_pareto.png")
+    save_results(
+        "export",
+        {
+            "sweep": str(sweep),
+            "export": str(out),
+            "rows": rows,
+            "picks": picks,
+            "skipped": manifest["profiling"]["skipped"],
+        },
+        lines,
+    )
+    print(json.dumps({"export": str(out)}))
+
+
+if __name__ == "__main__":
+    main()
