@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -11,6 +12,7 @@ from tierkit.errors import TierkitError
 from tierkit.export import export_onnx
 from tierkit.export.report import _pareto_front, plot_pareto, render_report
 from tierkit.export.tiers import choose_shipping
+from tierkit.export.verify import check_onnx
 from tierkit.models.checkpoint import load_student
 from tierkit.profile import HardwareSetting, load_settings
 from tierkit.profile.memory import peak_memory_mib
@@ -192,3 +194,13 @@ def test_checkpoint_without_config_or_from_another_format_is_refused(tmp_path, e
     torch.save({"state_dict": {}, "tierkit": entry}, path)
     with pytest.raises(TierkitError, match=message):
         load_student(path)
+
+
+def test_an_invalid_onnx_file_is_refused_with_its_path(tmp_path, small_models):
+    model = onnx.load(str(small_models["small"]))
+    model.graph.node[0].input[0] = "no_such_tensor"
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, str(broken))
+    assert check_onnx(small_models["small"]) == small_models["small"]
+    with pytest.raises(TierkitError, match=r"broken\.onnx is not a valid ONNX model"):
+        check_onnx(broken)

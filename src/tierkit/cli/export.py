@@ -27,7 +27,7 @@ from tierkit.export import export_onnx, max_output_difference, onnx_accuracy
 from tierkit.export.manifest import complete_manifest, provenance
 from tierkit.export.report import write_report
 from tierkit.export.tiers import PRECISIONS, budget_latency, choose_shipping
-from tierkit.export.verify import float_compute_ops
+from tierkit.export.verify import check_onnx, float_compute_ops
 from tierkit.models.checkpoint import load_student
 from tierkit.profile import load_settings, ort_session
 from tierkit.profile.memory import peak_memory_mib
@@ -171,6 +171,8 @@ def variant_files(run: Run, cfg: DictConfig, target: Path, datamodule) -> tuple[
         }
     if "int8" in paths:
         facts["int8"]["float_compute_ops"] = float_compute_ops(paths["int8"])
+    for path in paths.values():
+        check_onnx(path)
     return paths, facts
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from tierkit.data.base import ArrayDataModule
+from tierkit.errors import TierkitError
 
 
 def max_output_difference(model: nn.Module, session: ort.InferenceSession, inputs: torch.Tensor) -> float:
@@ -62,3 +63,16 @@ def float_compute_ops(session_path: str | Path) -> list[str]:
         ort.InferenceSession(str(session_path), options, providers=["CPUExecutionProvider"])
         graph = onnx.load(str(optimized)).graph
     return [node.op_type for node in graph.node if node.op_type in FLOAT_COMPUTE_OPS]
+
+
+def check_onnx(path: str | Path) -> Path:
+    """Refuse a file that breaks the ONNX spec (onnx.checker with shape inference) before anything measures it."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise TierkitError(
+            f"{path} is not a valid ONNX model: {str(exc).splitlines()[0]}",
+            where=str(path),
+            fix="report this model: the converter that wrote it produced an invalid graph",
+        ) from exc
+    return Path(path)
