@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from torch import nn
 
-from tierkit.distill.teacher import load_teacher, teacher_cache_key
+from tierkit.distill.teacher import find_run_teacher, load_teacher
 from tierkit.errors import TierkitError
 from tierkit.export import export_onnx, max_output_difference, onnx_accuracy
 from tierkit.export.manifest import complete_manifest, provenance
@@ -106,23 +106,6 @@ class Run:
     config: DictConfig
     name: str = ""
     variants: list[dict] = field(default_factory=list)
-
-
-def teacher_file(run: Run) -> Path:
-    """The teacher the run distilled from: its recorded source, its ckpt_path, or the cache entry its config names."""
-    metrics_path = run.folder / "metrics.json"
-    recorded = json.loads(metrics_path.read_text()).get("teacher", {}).get("source") if metrics_path.is_file() else None
-    config = run.config
-    candidates = [Path(p).expanduser() for p in (recorded, config.teacher.get("ckpt_path")) if p]
-    candidates.append(Path(config.teacher.cache_dir).expanduser() / teacher_cache_key(config) / "teacher.pt")
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
-    raise TierkitError(
-        f"the teacher of {run.folder} is not on this machine (looked for {', '.join(map(str, candidates))})",
-        where=str(run.folder),
-        fix="run export.py from the folder you trained in, or set TIERKIT_CACHE_DIR to the teacher cache it used",
-    )
 
 
 def check_precisions(cfg: DictConfig) -> None:
@@ -218,7 +201,7 @@ def export_variants(run: Run, cfg: DictConfig, out: Path, folder_name: str) -> l
 
 def export_teacher(runs: list[Run], out: Path) -> dict:
     """The teacher every run distilled from, as FP32 ONNX: the reference the tiers' accuracy budgets count from."""
-    sources = {teacher_file(run): run for run in runs}
+    sources = {find_run_teacher(run.folder, run.config): run for run in runs}
     if len(sources) > 1:
         raise TierkitError(
             f"the runs distilled from {len(sources)} different teachers ({', '.join(map(str, sources))})",
@@ -374,10 +357,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "teacher": teacher,
         "variants": variants,
         "profiling": {
+            **OmegaConf.to_container(cfg.profiling),
             "skipped": skipped,
             "plot_hardware": plot_hardware if plot_hardware in measured_hardware else measured_hardware[0],
             "accuracy_reference": "teacher fp32 in ONNX Runtime, test split",
-            **OmegaConf.to_container(cfg.profiling),
         },
     }
     manifest = complete_manifest(body, out / "manifest.json")

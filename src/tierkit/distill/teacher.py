@@ -171,3 +171,19 @@ def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule) -> tuple[
     finally:
         lock.release()
     return load_teacher(path, cfg.model.teacher, shape, classes)
+
+
+def find_run_teacher(run: Path, config: DictConfig) -> Path:
+    """The teacher a finished run distilled from: its recorded source, its ckpt_path, or its cache entry."""
+    metrics_path = run / "metrics.json"
+    recorded = json.loads(metrics_path.read_text()).get("teacher", {}).get("source") if metrics_path.is_file() else None
+    candidates = [Path(p).expanduser() for p in (recorded, config.teacher.get("ckpt_path")) if p]
+    candidates.append(Path(config.teacher.cache_dir).expanduser() / teacher_cache_key(config) / "teacher.pt")
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise TierkitError(
+        f"the teacher of {run} is not on this machine (looked for {', '.join(map(str, candidates))})",
+        where=str(run),
+        fix="run from the folder you trained in, or set TIERKIT_CACHE_DIR to the teacher cache the run used",
+    )
