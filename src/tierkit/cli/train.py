@@ -18,6 +18,7 @@ from tierkit.distill import DistillationModule
 from tierkit.distill.module import check_distill_settings
 from tierkit.distill.teacher import obtain_teacher
 from tierkit.errors import TierkitError
+from tierkit.finetune import finetune
 from tierkit.models.build import build_model, model_name
 from tierkit.models.checkpoint import load_student
 from tierkit.prune import StructuredPruning
@@ -128,8 +129,20 @@ def test_checkpoint(
     return module, trainer.test(module, datamodule=datamodule, verbose=False)[0]
 
 
+STAGES = ("train", "finetune")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run the whole recipe for one config and return the metrics written to metrics.json."""
+    """Run the whole recipe for one config (or fine-tune a finished run) and return metrics.json's content."""
+    stage = cfg.get("stage", "train")
+    if stage not in STAGES:
+        raise TierkitError(f"unknown stage {stage!r}", where="stage", fix=f"use one of {', '.join(STAGES)}")
+    if stage == "finetune":
+        return finetune(cfg)
+    if cfg.get("from_run"):
+        raise TierkitError(
+            "from_run is set, but stage=train trains from scratch", where="from_run", fix="add stage=finetune"
+        )
     started = time.perf_counter()
     ckpt_path, saved, cfg = resolve_resume(cfg)
     check_distill_settings(**cfg.distill)

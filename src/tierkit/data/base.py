@@ -1,12 +1,13 @@
 """In-memory LightningDataModule: the datasets tierkit targets fit in RAM, so load once, split once."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tierkit.data.shift import DeviceShift
 from tierkit.errors import TierkitError
 
 
@@ -53,6 +54,7 @@ class ArrayDataModule(L.LightningDataModule):
 
     Subclasses implement ``load()`` returning ``{"all": Arrays}`` (split three ways here) or
     ``{"train": Arrays, "test": Arrays}`` (the dataset's own test split; val comes out of train).
+    ``shift`` (see DeviceShift) turns every split into what a target device would see.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class ArrayDataModule(L.LightningDataModule):
         eval_batch_size: int = 512,
         split_seed: int = 0,
         num_workers: int = 0,
+        shift: Mapping | None = None,
     ):
         super().__init__()
         self.input_shape = tuple(int(d) for d in input_shape)
@@ -83,6 +86,7 @@ class ArrayDataModule(L.LightningDataModule):
         self.val_size, self.test_size = val_size, test_size
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.split_seed, self.num_workers = split_seed, num_workers
+        self.shift = DeviceShift.from_config(shift) if shift else None
         self.splits: dict[str, IndexedTensorDataset] = {}
 
     def load(self) -> dict[str, Arrays]:
@@ -116,6 +120,11 @@ class ArrayDataModule(L.LightningDataModule):
                 "val": train.subset(order[:n_val]),
                 "train": train.subset(order[n_val:]),
                 "test": arrays["test"],
+            }
+        if self.shift is not None:
+            streams = {"train": 0, "val": 1, "test": 2}
+            parts = {
+                name: Arrays(self.shift.apply(part.images, streams[name]), part.labels) for name, part in parts.items()
             }
         self.splits = {
             name: IndexedTensorDataset((part.images - self.mean) / self.std, part.labels)

@@ -66,3 +66,27 @@ def print_quantization_summary(report: dict[str, Any], console: Console) -> None
             "ONNX Runtime found no integer kernel for them",
             style="yellow",
         )
+
+
+def print_finetune_summary(metrics: dict[str, Any], console: Console | None = None) -> None:
+    """Accuracy on the target device's data and on the original data, before and after fine-tuning."""
+    report = metrics["finetune"]
+    table = Table(title=f"tierkit fine-tuning (tier: {metrics.get('tier', '-')}, from {report['source_run']})")
+    for column in ("test split", "before", "after", "change"):
+        table.add_column(column, justify="left" if column == "test split" else "right")
+    for key, label in (("target_test_acc", "target device (shifted)"), ("original_test_acc", "original data")):
+        before, after = report["before"][key], report["after"][key]
+        table.add_row(label, _pct(before), _pct(after), f"{100 * (after - before):+.2f} points")
+    console = console or Console()
+    console.print(table)
+    fraction = report["recovered_fraction"]
+    if fraction is not None:
+        console.print(
+            f"the shift cost {report['shift_cost_points']:.2f} points; fine-tuning won back "
+            f"{report['regained_points']:.2f} ({100 * fraction:.0f}%)"
+        )
+    console.print(f"structure and quantization unchanged: {'yes' if report['structure_unchanged'] else 'NO'}")
+    if metrics.get("checkpoints", {}).get("best"):
+        console.print(f"best checkpoint: {metrics['checkpoints']['best']} (python export.py run=<this run> exports it)")
+    if metrics.get("quantization"):
+        print_quantization_summary(metrics["quantization"], console)

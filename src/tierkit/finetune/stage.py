@@ -1,0 +1,201 @@
+"""`python train.py stage=finetune from_run=<run> shift=camera`: the recipe's last step.
+
+The student of a finished, compressed run is trained briefly on the target device's data. Its pruned
+structure is rebuilt from the checkpoint and never changed; a QAT student keeps its frozen quantization
+grids and batch-norm statistics. The result is a run folder like any other, so export.py takes it as is.
+"""
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from tierkit.data.base import ArrayDataModule
+from tierkit.distill import DistillationModule
+from tierkit.distill.teacher import find_run_teacher, load_teacher
+from tierkit.errors import TierkitError
+from tierkit.models.build import build_model, model_name
+from tierkit.models.checkpoint import load_student
+from tierkit.models.structure import describe_structure
+from tierkit.quant.callback import QuantizationAwareTraining
+from tierkit.quant.escalation import quantize_student
+from tierkit.quant.qat import is_prepared, qat_settings
+from tierkit.utils.files import write_json
+from tierkit.utils.instantiate import instantiate, instantiate_callbacks, instantiate_loggers
+from tierkit.utils.model_stats import model_stats
+from tierkit.utils.report import print_finetune_summary
+
+log = logging.getLogger(__name__)
+
+# Sections that define the model being fine-tuned: taken from the source run, never from today's defaults.
+SOURCE_SECTIONS = ("model", "distill", "teacher", "tier")
+# Callbacks that would change the structure or the quantization: the source run already applied them.
+COMPRESSING_CALLBACKS = ("pruning", "qat")
+
+
+def source_checkpoint(run: Path, checkpoint: str) -> tuple[Path, dict]:
+    """The checkpoint the run ships (its QAT model when the quantization stage chose QAT) and its metrics."""
+    if not run.is_dir():
+        raise TierkitError(
+            f"run folder {run} does not exist",
+            where="from_run",
+            fix="pass a finished run folder such as outputs/<date>/<time> (python train.py tier=lowend makes one)",
+        )
+    metrics_path = run / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    shipped_qat = metrics.get("quantization", {}).get("path") == "qat"
+    path = run / "checkpoints" / ("qat" if shipped_qat else "") / f"{checkpoint}.ckpt"
+    if not path.is_file():
+        raise TierkitError(
+            f"{run} has no {path.relative_to(run)}",
+            where="from_run",
+            fix="pass the folder of a run that finished training, or finetune.checkpoint=last",
+        )
+    return path, metrics
+
+
+def check_compressed(student: nn.Module, config: DictConfig, path: Path) -> None:
+    """Refuse a student that was neither pruned nor quantization-aware: there is no compression to keep."""
+    unpruned = build_model(config.model.student, config.data.input_shape, config.data.num_classes, where=str(path))
+    pruned = sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in unpruned.parameters())
+    if not (pruned or is_prepared(student)):
+        raise TierkitError(
+            f"{path} holds a student that was neither pruned nor trained with QAT",
+            where="from_run",
+            fix="fine-tune a compressed run (the default recipe prunes; check callbacks.pruning was not removed)",
+        )
+
+
+def check_target_data(target: ArrayDataModule, config: DictConfig) -> None:
+    shape, classes = list(config.data.input_shape), int(config.data.num_classes)
+    if list(target.input_shape) != shape or target.num_classes != classes:
+        raise TierkitError(
+            f"the target data gives inputs {list(target.input_shape)} with {target.num_classes} classes, but the "
+            f"student was trained on {shape} with {classes}",
+            where="data",
+            fix="fine-tune on data with the source run's input shape and classes (the same data= plus shift=...)",
+        )
+
+
+@torch.no_grad()
+def split_accuracy(model: nn.Module, datamodule: ArrayDataModule, split: str = "test") -> float:
+    """Accuracy of ``model`` on one split in PyTorch, in eval mode, leaving the model's mode as it was."""
+    was_training = model.training
+    model.eval()
+    data = datamodule.splits[split]
+    correct = sum(
+        int((model(data.images[i : i + 1000]).argmax(1) == data.labels[i : i + 1000]).sum())
+        for i in range(0, len(data), 1000)
+    )
+    model.train(was_training)
+    return correct / len(data)
+
+
+def scores(model: nn.Module, target: ArrayDataModule, original: ArrayDataModule) -> dict[str, float]:
+    return {"target_test_acc": split_accuracy(model, target), "original_test_acc": split_accuracy(model, original)}
+
+
+def finetune_config(cfg: DictConfig, source: DictConfig) -> DictConfig:
+    """Today's command line with the source run's model, distillation, teacher and tier, minus compressing callbacks."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for section in SOURCE_SECTIONS:
+            cfg[section] = source[section]
+        cfg.callbacks = {k: v for k, v in (cfg.get("callbacks") or {}).items() if k not in COMPRESSING_CALLBACKS}
+        cfg.trainer.max_epochs = cfg.finetune.epochs
+    return cfg
+
+
+def finetune(cfg: DictConfig) -> dict[str, Any]:
+    """Fine-tune the student of ``cfg.from_run`` on ``cfg.data``; returns the metrics written to metrics.json."""
+    started = time.perf_counter()
+    if not cfg.get("from_run"):
+        raise TierkitError("stage=finetune needs the run to start from", where="from_run", fix="add from_run=<folder>")
+    run = Path(cfg.from_run).expanduser()
+    path, source_metrics = source_checkpoint(run, cfg.finetune.checkpoint)
+    student, source = load_student(path)
+    check_compressed(student, source, path)
+    target: ArrayDataModule = instantiate(cfg.data, where="data")
+    target.setup()
+    check_target_data(target, source)
+    original: ArrayDataModule = instantiate(source.data, where=f"{path} data config")
+    original.setup()
+    cfg = finetune_config(cfg, source)
+    structure, quantization = describe_structure(student), qat_settings(student)
+    before = scores(student, target, original)
+    log.info("Before fine-tuning: %s", before)
+
+    teacher_path = find_run_teacher(run, source) if cfg.finetune.alpha > 0 else None
+    teacher = None
+    if teacher_path is not None:
+        teacher, _ = load_teacher(teacher_path, source.model.teacher, list(target.input_shape), target.num_classes)
+    L.seed_everything(cfg.seed, workers=True)
+    module = DistillationModule(
+        student=student.train(),
+        num_classes=target.num_classes,
+        optimizer=instantiate(cfg.finetune.optimizer, where="finetune.optimizer"),
+        teacher=teacher,
+        temperature=source.distill.temperature,
+        alpha=cfg.finetune.alpha,
+    )
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    if quantization:  # keep the grids and batch-norm statistics the source run froze
+        callbacks.append(QuantizationAwareTraining(0, 0, 0, reduce_range=quantization["reduce_range"]))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, where="trainer", callbacks=callbacks, logger=loggers)
+    trainer.fit(module, datamodule=target)
+    best = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)
+    best_path = best.best_model_path if best else ""
+    tuned, _ = load_student(best_path) if best_path else (module.student, None)
+    after = scores(tuned, target, original)
+    unchanged = describe_structure(tuned) == structure and qat_settings(tuned) == quantization
+    if not unchanged:
+        raise TierkitError(
+            "fine-tuning changed the student's structure or quantization settings",
+            where=str(best_path),
+            fix="report this: stage=finetune must never prune or re-quantize",
+        )
+    shift_cost = before["original_test_acc"] - before["target_test_acc"]
+    regained = after["target_test_acc"] - before["target_test_acc"]
+    metrics: dict[str, Any] = {
+        "stage": "finetune",
+        "tier": cfg.tier.name,
+        "seed": cfg.seed,
+        "epochs": trainer.current_epoch,
+        "finetune": {
+            "source_run": str(run),
+            "source_checkpoint": str(path),
+            "shift": OmegaConf.to_container(cfg.data.shift) if cfg.data.get("shift") else None,
+            "alpha": cfg.finetune.alpha,
+            "before": before,
+            "after": after,
+            "shift_cost_points": round(100 * shift_cost, 2),
+            "regained_points": round(100 * regained, 2),
+            "recovered_fraction": round(regained / shift_cost, 3) if shift_cost > 0 else None,
+            "structure_unchanged": unchanged,
+        },
+        "student": {
+            "architecture": model_name(cfg.model.student),
+            "test_acc": after["target_test_acc"],
+            "val_acc_best": float(best.best_model_score) if best and best.best_model_score is not None else None,
+            **model_stats(tuned, target.input_shape),
+        },
+        "checkpoints": {"best": best_path, "last": ""},
+    }
+    source_teacher = source_metrics.get("teacher")
+    if source_teacher:
+        metrics["teacher"] = {**source_teacher, "source": str(teacher_path or find_run_teacher(run, source))}
+    if cfg.quantization.enabled and best_path and not quantization and trainer.is_global_zero:
+        metrics["quantization"] = quantize_student(cfg, target, teacher, Path(best_path), loggers, None)
+    metrics["train_seconds"] = round(time.perf_counter() - started, 1)
+    if trainer.is_global_zero:
+        write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+        print_finetune_summary(metrics)
+    return metrics
