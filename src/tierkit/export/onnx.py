@@ -12,17 +12,8 @@ import onnx
 import torch
 from torch import nn
 
+from tierkit.export.compact import compact_model
 from tierkit.utils.files import atomic_write
-
-
-def strip_debug_info(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Drop the exporter's per-node stack traces and inferred shapes: they can be a fifth of a small model's
-    file, and they embed this machine's source paths. ONNX Runtime re-infers shapes when it loads."""
-    for node in model.graph.node:
-        del node.metadata_props[:]
-        node.doc_string = ""
-    del model.graph.value_info[:]
-    return model
 
 
 def export_onnx(
@@ -34,7 +25,8 @@ def export_onnx(
 ) -> Path:
     """Export ``model`` (eval mode, CPU) to one ``.onnx`` file with inputs ``input`` and outputs ``logits``.
 
-    Weights are embedded (no ``.onnx.data`` side file) so the file size is the model's real size.
+    Weights are embedded (no ``.onnx.data`` side file) so the file size is the model's real size, and the graph is
+    compacted (short tensor names, no exporter metadata) so that size is the weights, not bookkeeping.
     ``translations`` maps custom torch ops to ONNX functions; ``post_process`` rewrites the model before saving.
     """
     probe = copy.deepcopy(model).cpu().eval().requires_grad_(False)
@@ -55,7 +47,7 @@ def export_onnx(
                 dynamo=True,
                 verbose=False,
             )
-        exported = strip_debug_info(program.model_proto)
+        exported = compact_model(program.model_proto)
         if post_process is not None:
             exported = post_process(exported)
         onnx.save(exported, str(tmp))

@@ -19,6 +19,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from tierkit.errors import TierkitError
+from tierkit.export.compact import compact_model
 from tierkit.export.onnx import export_onnx
 from tierkit.quant.fake_quant import ActivationFakeQuant
 from tierkit.quant.qat import QuantConv2d, QuantLinear, is_prepared
@@ -121,4 +122,10 @@ def export_qat_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[in
             module.weight_quant.freeze_for_export(module.weight)
         elif isinstance(module, ActivationFakeQuant):
             module.freeze_for_export()
-    return export_onnx(folded, path, input_shape, translations=QDQ_TRANSLATIONS, post_process=store_int8_weights)
+    return export_onnx(
+        folded,
+        path,
+        input_shape,
+        translations=QDQ_TRANSLATIONS,
+        post_process=lambda exported: compact_model(store_int8_weights(exported)),
+    )
