@@ -9,9 +9,11 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 import tierkit.utils.resolvers  # noqa: F401  (registers the config resolvers)
 from tierkit.distill import DistillationModule
@@ -195,6 +197,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     is_global_zero = trainer is None or trainer.is_global_zero
     if cfg.quantization.enabled and best_path and is_global_zero:
         metrics["quantization"] = quantize_student(cfg, datamodule, teacher, Path(best_path), loggers, resume_qat)
+        shipped = metrics["quantization"][metrics["quantization"]["path"]]
+        metrics["student"].update(int8_bytes=shipped["bytes"], int8_test_acc=shipped["test_acc"])
     metrics["train_seconds"] = round(time.perf_counter() - started, 1)
     if is_global_zero:
         write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
@@ -206,17 +210,37 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def objective(metrics: dict[str, Any], names: str | list[str] | None) -> float | list[float] | None:
+    """The value(s) a sweeper optimizes: one metric path, or a list of them for a multi-objective search."""
+    if not names:
+        return None
+    found = OmegaConf.create(metrics)
+    if isinstance(names, str):
+        return OmegaConf.select(found, names)
+    values = [OmegaConf.select(found, name) for name in names]
+    missing = [name for name, value in zip(names, values, strict=True) if value is None]
+    if missing:
+        raise TierkitError(
+            f"optimized_metric names {missing}, which this run's metrics.json does not have",
+            where="optimized_metric",
+            fix="use metrics.json paths such as student.val_acc_best or student.int8_bytes (needs quantization on)",
+        )
+    return values
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float | list[float] | None:
     """Hydra entry point; returns ``optimized_metric`` for sweepers."""
     silence_known_noise()
     try:
         metrics = train(cfg)
+        names = cfg.get("optimized_metric")
+        return objective(metrics, list(names) if isinstance(names, ListConfig) else names)
     except TierkitError as exc:
         log.error("%s", exc.render())
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweeper records the job (an Optuna trial) as failed and goes on with the others
         sys.exit(2)
-    metric_name = cfg.get("optimized_metric")
-    return OmegaConf.select(OmegaConf.create(metrics), metric_name) if metric_name else None
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import netrc
 import os
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -19,4 +20,12 @@ def wandb_offline() -> bool:
         return True
 
 
+def sqlite_url(path: str) -> str:
+    """An SQLite URL for ``path``, its folder made first: Optuna opens the study before Hydra makes the sweep folder."""
+    file = Path(path).expanduser().resolve()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{file}"
+
+
 OmegaConf.register_new_resolver("tierkit.wandb_offline", wandb_offline, replace=True)
+OmegaConf.register_new_resolver("tierkit.sqlite", sqlite_url, replace=True)
