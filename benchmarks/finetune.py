@@ -1,0 +1,113 @@
+"""Device fine-tuning: how much of the accuracy a device shift costs the compressed lowend model comes back.
+
+    python benchmarks/finetune.py [--run outputs/DATE/TIME]
+
+Without --run it first trains `python train.py tier=lowend` (about 2 minutes on 2 cores). Then it fine-tunes
+that run on `shift=camera` twice, on the labels alone and with the teacher still distilling, and compares
+accuracy before and after on the shifted and the original test split. It also checks that the tuned student
+keeps its structure and that its INT8 ONNX model has the same graph as the source's. Writes
+benchmarks/results/finetune.{json,md} and benchmarks/results/finetune_shift.png (what the shift looks like).
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import hydra
+import onnx
+from hydra import compose, initialize_config_dir
+from matplotlib.figure import Figure
+
+from tierkit.cli.train import CONFIG_DIR
+from tierkit.export.verify import float_compute_ops
+
+from machine import RESULTS, describe, save_results
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = {"labels alone (alpha 0)": "finetune.alpha=0.0", "with the teacher (alpha 0.5)": "finetune.alpha=0.5"}
+
+
+def run(command: list[str]) -> None:
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, cwd=REPO, check=True)
+
+
+def graph_signature(path: Path) -> list[tuple]:
+    """Operator types in order and every initializer's type and shape: equal signatures, equal INT8 graphs."""
+    graph = onnx.load(str(path)).graph
+    return [tuple(node.op_type for node in graph.node), sorted((i.data_type, tuple(i.dims)) for i in graph.initializer)]
+
+
+def save_shift_preview(path: Path) -> None:
+    """Eight test digits as trained on (top) and as the camera shift delivers them (bottom)."""
+    figure = Figure(figsize=(8, 2.3), dpi=100)
+    for row, overrides in enumerate(([], ["shift=camera"])):
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+        data = hydra.utils.instantiate(cfg.data)
+        data.setup()
+        images = data.splits["test"].images[:8] * data.std + data.mean
+        for i, image in enumerate(images):
+            axes = figure.add_subplot(2, 8, row * 8 + i + 1)
+            axes.imshow(image[0], cmap="gray", vmin=0, vmax=1)
+            axes.axis("off")
+    figure.suptitle("mnist5k test digits: as trained on (top) and through shift=camera (bottom)", fontsize=9)
+    figure.savefig(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, help="a finished lowend run to fine-tune instead of training one")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="tierkit-bench-finetune-"))
+    source = args.run or scratch / "lowend"
+    if args.run is None:
+        run([sys.executable, "train.py", "tier=lowend", f"hydra.run.dir={source}", "~callbacks.progress"])
+    source_int8 = source / "quantization" / "int8_ptq.onnx"
+    rows = []
+    for label, override in VARIANTS.items():
+        tuned = scratch / label.split()[0]
+        finetune = ["stage=finetune", f"from_run={source}", "shift=camera", override]
+        run([sys.executable, "train.py", *finetune, f"hydra.run.dir={tuned}", "~callbacks.progress"])
+        metrics = json.loads((tuned / "metrics.json").read_text())
+        report = metrics["finetune"]
+        tuned_int8 = tuned / "quantization" / "int8_ptq.onnx"
+        rows.append(
+            {
+                "variant": label,
+                **report,
+                "params": metrics["student"]["params"],
+                "int8_graph_unchanged": graph_signature(tuned_int8) == graph_signature(source_int8),
+                "int8_float_compute_ops": float_compute_ops(tuned_int8),
+                "int8_bytes": tuned_int8.stat().st_size,
+            }
+        )
+    first = rows[0]
+    lines = [
+        f"Machine: {describe()}",
+        "",
+        f"Source: `python train.py tier=lowend` ({first['params']:,} params); shift: `shift=camera` "
+        f"({', '.join(f'{k}={v}' for k, v in first['shift'].items() if k != 'seed')}); 5 epochs of fine-tuning.",
+        "",
+        "| fine-tuning | shifted test before | shifted test after | recovered | original test before | "
+        "original test after | structure unchanged | INT8 graph unchanged |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for row in rows:
+        before, after = row["before"], row["after"]
+        lines.append(
+            f"| {row['variant']} | {100 * before['target_test_acc']:.2f}% | {100 * after['target_test_acc']:.2f}% | "
+            f"{100 * row['recovered_fraction']:.0f}% of {row['shift_cost_points']:.1f} points | "
+            f"{100 * before['original_test_acc']:.2f}% | {100 * after['original_test_acc']:.2f}% | "
+            f"{'yes' if row['structure_unchanged'] else 'NO'} | "
+            f"{'yes' if row['int8_graph_unchanged'] and not row['int8_float_compute_ops'] else 'NO'} |"
+        )
+    save_shift_preview(RESULTS / "finetune_shift.png")
+    save_results("finetune", {"source": str(source), "rows": rows}, lines)
+
+
+if __name__ == "__main__":
+    main()
