@@ -12,7 +12,6 @@ benchmarks/results/export_pareto.png.
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -20,8 +19,8 @@ from pathlib import Path
 from tierkit.runtime import DeviceInfo, load_manifest, select_variant
 
 from machine import RESULTS, describe, save_results
+from runs import run_command as run
 
-REPO = Path(__file__).resolve().parents[1]
 TIERS = "highend,midrange,lowend"
 # The comparison the issue asks for: batch 1, one thread, ONNX Runtime with all graph optimizations.
 REFERENCE = ("cpu_1thread", "ORT_ENABLE_ALL")
@@ -33,11 +32,6 @@ DEVICES = {
     "laptop (8 cores, 16 GiB)": ({"cores": 8, "memory_mib": 16384}, None, "highend"),
     "laptop, app asks for p50 <= lowend's": ({"cores": 8, "memory_mib": 16384}, "lowend", "within the limit"),
 }
-
-
-def run(command: list[str]) -> None:
-    print("$", " ".join(command), flush=True)
-    subprocess.run(command, cwd=REPO, check=True)
 
 
 def reference_row(entry: dict) -> dict:

@@ -11,7 +11,6 @@ benchmarks/results/finetune.{json,md} and benchmarks/results/finetune_shift.png 
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,14 +24,9 @@ from tierkit.cli.train import CONFIG_DIR
 from tierkit.export.verify import float_compute_ops
 
 from machine import RESULTS, describe, save_results
+from runs import run_command as run
 
-REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"labels alone (alpha 0)": "finetune.alpha=0.0", "with the teacher (alpha 0.5)": "finetune.alpha=0.5"}
-
-
-def run(command: list[str]) -> None:
-    print("$", " ".join(command), flush=True)
-    subprocess.run(command, cwd=REPO, check=True)
 
 
 def graph_signature(path: Path) -> list[tuple]:

@@ -118,9 +118,13 @@ def check_precisions(cfg: DictConfig) -> None:
         )
 
 
-def variant_files(run: Run, cfg: DictConfig, target: Path, datamodule) -> tuple[dict[str, Path], dict[str, dict]]:
-    """Write the run's FP32, FP16 and INT8 files; the second value holds per-precision facts worth recording."""
-    student = float_copy(run.student) if is_prepared(run.student) else run.student
+def variant_files(
+    run: Run, student: nn.Module, cfg: DictConfig, target: Path, datamodule
+) -> tuple[dict[str, Path], dict[str, dict]]:
+    """Write the run's FP32 (and FP16) files from the float ``student``, and its INT8 file.
+
+    The second value holds per-precision facts worth recording.
+    """
     qat_student = shipped_qat_student(run.folder, run.student, cfg.checkpoint)
     shape = tuple(run.config.data.input_shape)
     paths = {"fp32": export_onnx(student, target / "fp32.onnx", shape)}
@@ -164,29 +168,36 @@ def sha256_of_array(samples: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(samples).tobytes()).hexdigest()
 
 
+def describe_file(path: Path, out: Path, datamodule, stats: dict[str, int]) -> dict:
+    """What the manifest says of every model file: where it is, its digest and size, its accuracy and cost."""
+    return {
+        "file": path.relative_to(out).as_posix(),
+        "sha256": sha256_of(path),
+        "bytes": path.stat().st_size,
+        "accuracy": onnx_accuracy(ort_session(path), datamodule),
+        "params": stats["params"],
+        "macs": stats["macs"],
+    }
+
+
 def export_variants(run: Run, cfg: DictConfig, out: Path, folder_name: str) -> list[dict]:
     """Every precision of one run as manifest variants (measurements other than accuracy come later)."""
     config = run.config
     tier = config.tier
     datamodule = instantiate(config.data, where=f"{run.folder} data config")
-    paths, facts = variant_files(run, cfg, out / folder_name, datamodule)
-    stats = model_stats(float_copy(run.student) if is_prepared(run.student) else run.student, config.data.input_shape)
+    student = float_copy(run.student) if is_prepared(run.student) else run.student
+    paths, facts = variant_files(run, student, cfg, out / folder_name, datamodule)
+    stats = model_stats(student, config.data.input_shape)
     variants = []
     for precision in PRECISIONS:
         if precision not in paths or precision not in cfg.precisions:
             continue
-        path = paths[precision]
         variants.append(
             {
                 "name": f"{folder_name}-{precision}",
                 "tier": tier.name,
                 "precision": precision,
-                "file": path.relative_to(out).as_posix(),
-                "sha256": sha256_of(path),
-                "bytes": path.stat().st_size,
-                "accuracy": onnx_accuracy(ort_session(path), datamodule),
-                "params": stats["params"],
-                "macs": stats["macs"],
+                **describe_file(paths[precision], out, datamodule, stats),
                 "run": str(run.folder),
                 "seed": config.get("seed"),
                 "budgets": OmegaConf.to_container(tier.budgets),
@@ -221,17 +232,8 @@ def export_teacher(runs: list[Run], out: Path) -> dict:
     path = export_onnx(teacher, out / "teacher" / "fp32.onnx", tuple(shape))
     stats = model_stats(teacher, shape)
     datamodule = instantiate(config.data, where=f"{run.folder} data config")
-    return {
-        "name": "teacher",
-        "precision": "fp32",
-        "file": path.relative_to(out).as_posix(),
-        "sha256": sha256_of(path),
-        "bytes": path.stat().st_size,
-        "accuracy": onnx_accuracy(ort_session(path), datamodule),
-        "params": stats["params"],
-        "macs": stats["macs"],
-        "source": str(source),
-    }
+    entry = {"name": "teacher", "precision": "fp32", **describe_file(path, out, datamodule, stats)}
+    return {**entry, "source": str(source)}
 
 
 def load_runs(folders: list[Path], checkpoint: str) -> list[Run]:

@@ -22,16 +22,13 @@ def _status_kib(field: str) -> int:
 def _measure(request: dict) -> float:
     """MiB that opening the session and running it added to the process's peak resident memory."""
     import numpy as np
-    import onnxruntime as ort
 
+    from tierkit.profile.latency import setting_session
+
+    setting = HardwareSetting(**{key: request[key] for key in HardwareSetting.__dataclass_fields__})
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to what is resident now
     before = _status_kib("VmRSS")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = request["intra_op_num_threads"]
-    options.inter_op_num_threads = request["inter_op_num_threads"]
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, request["graph_optimization_level"])
-    options.log_severity_level = 3
-    session = ort.InferenceSession(request["path"], options, providers=request["providers"])
+    session = setting_session(request["path"], setting)
     batch = np.zeros([request["batch"], *request["shape"]], dtype=np.float32)
     for _ in range(request["runs"]):
         session.run(None, {session.get_inputs()[0].name: batch})
