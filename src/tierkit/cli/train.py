@@ -27,7 +27,7 @@ from tierkit.prune import StructuredPruning
 from tierkit.quant.callback import check_pruning_before_qat
 from tierkit.quant.escalation import check_qat_schedule, quantize_student
 from tierkit.utils.checkpointing import leave_distributed
-from tierkit.utils.files import write_json
+from tierkit.utils.files import load_torch, write_json
 from tierkit.utils.instantiate import instantiate, instantiate_callbacks, instantiate_loggers
 from tierkit.utils.model_stats import model_stats
 from tierkit.utils.noise import silence_known_noise
@@ -71,7 +71,7 @@ def resolve_resume(cfg: DictConfig) -> tuple[str | None, dict[str, Any], DictCon
     if not path.is_file():
         raise TierkitError(f"checkpoint {path} does not exist", where="ckpt_path", fix="pass an existing .ckpt file")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)["tierkit"]
+        saved = load_torch(path)["tierkit"]
         config = saved["config"]
     except Exception as exc:
         raise TierkitError(

@@ -22,7 +22,7 @@ from torch import nn
 from tierkit.distill.module import DistillationModule
 from tierkit.errors import TierkitError
 from tierkit.models.build import build_model, model_name
-from tierkit.utils.files import save_torch, write_json
+from tierkit.utils.files import load_torch, save_torch, write_json
 from tierkit.utils.instantiate import instantiate
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def load_teacher(
     if not path.is_file():
         raise TierkitError(f"teacher checkpoint {path} does not exist", where="teacher.ckpt_path", fix=fix)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_torch(path)
     except Exception as exc:
         raise TierkitError(f"cannot read teacher checkpoint {path}: {exc}", where="teacher.ckpt_path", fix=fix) from exc
     if not isinstance(payload, dict) or payload.get("format") != TEACHER_FORMAT or "state_dict" not in payload:

@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -10,6 +9,7 @@ from tierkit.errors import TierkitError
 from tierkit.models.build import build_model
 from tierkit.models.structure import apply_structure
 from tierkit.quant.qat import prepare_qat
+from tierkit.utils.files import load_torch
 
 # Bumped whenever the "tierkit" entry of a checkpoint changes meaning; readers refuse other formats.
 CHECKPOINT_FORMAT = 1
@@ -18,7 +18,7 @@ CHECKPOINT_FORMAT = 1
 def load_student(path: str | Path) -> tuple[nn.Module, DictConfig]:
     """The student in ``path`` (eval mode, pruned shapes and QAT quantizers included) and its run config."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_torch(path)
         saved = checkpoint["tierkit"]
     except Exception as exc:
         raise TierkitError(

@@ -53,7 +53,7 @@ def _run_predict(args: argparse.Namespace) -> dict:
         raise ValueError(
             f"{args.input}: cannot read the input ({exc}). Fix: pass a .npy file saved with np.save"
         ) from None
-    except ValueError as exc:
+    except (ValueError, EOFError) as exc:  # EOFError: an empty or truncated file
         raise ValueError(f"{args.input}: not a plain .npy array ({exc}). Fix: save the batch with np.save") from None
     logits = predict(open_session(args.manifest, selection), batch)
     result = {"variant": selection.variant["name"], "predictions": logits.argmax(axis=-1).tolist()}

@@ -1,7 +1,8 @@
-"""Atomic file writes: other runs read these files, so a crash must never leave a half-written one."""
+"""Atomic file writes (other runs read these files, so a crash must never leave a half-written one) and safe reads."""
 
 import json
 import os
+import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,3 +32,17 @@ def write_json(path: str | Path, data: Any) -> Path:
 
 def save_torch(path: str | Path, obj: Any) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_torch(path: str | Path) -> Any:
+    """torch.load limited to tensors and plain data (weights_only): unpickling anything else could run code.
+
+    A refused file raises UnpicklingError with one short line instead of torch's page of advice.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise pickle.UnpicklingError(
+            "it holds pickled objects other than tensors and plain data, which tierkit refuses to load "
+            "because unpickling them could run code"
+        ) from None

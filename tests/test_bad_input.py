@@ -1,0 +1,267 @@
+"""Every mistake a user can make at the command line gets one clear message and a non-zero exit, and leaves what
+was written before (a finished run, the teacher cache, an export) exactly as it was.
+
+The README's bad-input table lists these cases; a test keeps the two in step.
+"""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FAST, REPO, run_cli
+
+TINY = [*FAST, "debug=tiny"]
+EXPORT_FAST = [
+    "profiling.hardware=[cpu_2thread]",
+    "profiling.repeats=10",
+    "profiling.warmup=2",
+    "profiling.throughput_repeats=2",
+    "profiling.operator_runs=2",
+    "profiling.memory=false",
+]
+
+
+class Payload:
+    """Unpickling this would create ``marker``: a stand-in for a checkpoint that runs code when loaded."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+@dataclass(frozen=True)
+class Case:
+    shown: str  # the input as the README's table shows it
+    script: str  # train.py, export.py or runtime
+    args: tuple[str, ...]
+    message: str
+
+
+CASES = [
+    Case("python train.py no_such_key=1", "train.py", ("no_such_key=1",), "Could not override 'no_such_key'"),
+    Case("python train.py tier=ultra", "train.py", ("tier=ultra",), "Could not find 'tier/ultra'"),
+    Case("python train.py stage=deploy", "train.py", ("stage=deploy",), "unknown stage 'deploy'"),
+    Case("python train.py from_run=<run>", "train.py", ("from_run={run}",), "stage=train trains from scratch"),
+    Case("python train.py stage=finetune", "train.py", ("stage=finetune",), "stage=finetune needs the run"),
+    Case("python train.py distill.alpha=2", "train.py", ("distill.alpha=2",), "distill.alpha=2 is outside [0, 1]"),
+    Case(
+        "python train.py distill.temperature=0",
+        "train.py",
+        ("distill.temperature=0",),
+        "distill.temperature=0 must be positive",
+    ),
+    Case(
+        "python train.py model.student._target_=tierkit.models.Nope",
+        "train.py",
+        ("model.student._target_=tierkit.models.Nope",),
+        "could not build tierkit.models.Nope",
+    ),
+    Case(
+        "python train.py callbacks.pruning.target=1.5",
+        "train.py",
+        ("callbacks.pruning.target=1.5",),
+        "pruning target 1.5 is outside (0, 1)",
+    ),
+    Case(
+        "python train.py callbacks.pruning.schedule=zigzag",
+        "train.py",
+        ("callbacks.pruning.schedule=zigzag",),
+        "unknown pruning schedule 'zigzag'",
+    ),
+    Case(
+        "python train.py quantization=default quantization.calibration.samples=8",
+        "train.py",
+        ("quantization=default", "quantization.calibration.samples=8"),
+        "calibration needs at least one batch of 64 samples",
+    ),
+    Case(
+        "python train.py distill.alpha=0 optimizer.lr=1e30",
+        "train.py",
+        ("distill.alpha=0", "optimizer.lr=1e30"),
+        "the training loss became nan",
+    ),
+    Case(
+        "python train.py data=mnist data.root=/does/not/exist",
+        "train.py",
+        ("data=mnist", "data.root=/does/not/exist"),
+        "MNIST folder /does/not/exist does not exist",
+    ),
+    Case(
+        "python train.py data.val_size=5000", "train.py", ("data.val_size=5000",), "data.val_size=5000 leaves no room"
+    ),
+    Case(
+        "python train.py data.mean=[0.5,0.5]",
+        "train.py",
+        ("data.mean=[0.5,0.5]",),
+        "data.mean and data.std need one value per channel",
+    ),
+    Case(
+        "python train.py shift=camera +data.shift.wobble=1",
+        "train.py",
+        ("shift=camera", "+data.shift.wobble=1"),
+        "unknown shift setting(s) ['wobble']",
+    ),
+    Case("python train.py ckpt_path=/no/such.ckpt", "train.py", ("ckpt_path=/no/such.ckpt",), "does not exist"),
+    Case(
+        "python train.py ckpt_path=<run>/metrics.json",
+        "train.py",
+        ("ckpt_path={run}/metrics.json",),
+        "is not a tierkit training checkpoint",
+    ),
+    Case(
+        "python train.py ckpt_path=<checkpoint that runs code when unpickled>",
+        "train.py",
+        ("ckpt_path={evil}",),
+        "is not a tierkit training checkpoint (UnpicklingError",
+    ),
+    Case(
+        "python train.py teacher.ckpt_path=<checkpoint that runs code when unpickled>",
+        "train.py",
+        ("teacher.ckpt_path={evil}",),
+        "refuses to load because unpickling them could run code",
+    ),
+    Case(
+        "python export.py run=/no/such/run",
+        "export.py",
+        ("run=/no/such/run",),
+        "run folder /no/such/run does not exist",
+    ),
+    Case(
+        "python export.py output_dir=<an earlier export>",
+        "export.py",
+        ("run={run}", "output_dir={export}"),
+        "already holds an export (manifest.json)",
+    ),
+    Case("python export.py precisions=[int4]", "export.py", ("run={run}", "precisions=[int4]"), "unknown precision(s)"),
+    Case(
+        "python export.py profiling.hardware=[tpu]",
+        "export.py",
+        ("run={run}", "profiling.hardware=[tpu]"),
+        "unknown hardware config(s) ['tpu']",
+    ),
+    Case(
+        "python export.py run=<run whose checkpoint runs code when unpickled>",
+        "export.py",
+        ("run={evil_run}",),
+        "is not a readable tierkit checkpoint (UnpicklingError",
+    ),
+    Case(
+        "python -m tierkit.runtime select --manifest /no/manifest.json",
+        "runtime",
+        ("select", "--manifest", "/no/manifest.json"),
+        "/no/manifest.json",
+    ),
+    Case(
+        "python -m tierkit.runtime predict --manifest <export whose model file was altered>",
+        "runtime",
+        ("predict", "--manifest", "{tampered}/manifest.json", "--input", "{batch}"),
+        "sha256",
+    ),
+    Case(
+        "python -m tierkit.runtime predict --input <batch of the wrong shape>",
+        "runtime",
+        ("predict", "--manifest", "{export}/manifest.json", "--input", "{wrong_batch}"),
+        "but the model takes (N, 1, 16, 16)",
+    ),
+    Case(
+        "python -m tierkit.runtime predict --input <empty file>",
+        "runtime",
+        ("predict", "--manifest", "{export}/manifest.json", "--input", "{empty}"),
+        "not a plain .npy array (No data left in file)",
+    ),
+    Case(
+        "python -m tierkit.runtime select --device <1 MiB device>",
+        "runtime",
+        ("select", "--manifest", "{export}/manifest.json", "--device", "{tiny_device}"),
+        "no shipping variant fits",
+    ),
+]
+
+
+def snapshot(*folders: Path) -> dict[str, str]:
+    """sha256 of every file under ``folders``: what a failed command must leave untouched."""
+    return {
+        str(path): hashlib.sha256(path.read_bytes()).hexdigest()
+        for folder in folders
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.suffix != ".lock"
+    }
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A finished run, its teacher cache and its export, plus the broken inputs the cases point at."""
+    root = tmp_path_factory.mktemp("bad-input")
+    run = root / "outputs" / "run1"
+    trained = run_cli(root, *TINY, f"hydra.run.dir={run}")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    export = root / "exports" / "e1"
+    exported = run_cli(root, f"run={run}", f"output_dir={export}", *EXPORT_FAST, script="export.py")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    evil = root / "evil.ckpt"
+    torch.save({"tierkit": Payload(root / "payload-ran"), "state_dict": {}}, evil)
+    evil_run = root / "evil_run"
+    (evil_run / "checkpoints").mkdir(parents=True)
+    shutil.copy(evil, evil_run / "checkpoints" / "best.ckpt")
+    tampered = root / "tampered"
+    shutil.copytree(export, tampered)
+    with (tampered / "midrange" / "fp32.onnx").open("ab") as model_file:
+        model_file.write(b"\0")
+    (root / "empty.npy").touch()
+    np.save(root / "batch.npy", np.zeros((2, 1, 16, 16), dtype=np.float32))
+    np.save(root / "wrong_batch.npy", np.zeros((2, 1, 8, 8), dtype=np.float32))
+    (root / "tiny_device.json").write_text(json.dumps({"cores": 1, "memory_mib": 1}))
+    places = {
+        "run": run,
+        "export": export,
+        "evil": evil,
+        "evil_run": evil_run,
+        "tampered": tampered,
+        "batch": root / "batch.npy",
+        "empty": root / "empty.npy",
+        "wrong_batch": root / "wrong_batch.npy",
+        "tiny_device": root / "tiny_device.json",
+    }
+    return root, places, (run, export, root / "cache")
+
+
+def run_case(root: Path, case: Case, places: dict[str, Path], run_dir: Path) -> subprocess.CompletedProcess:
+    args = [arg.format(**places) for arg in case.args]
+    if case.script == "runtime":
+        return subprocess.run(
+            [sys.executable, "-m", "tierkit.runtime", *args], cwd=root, capture_output=True, text=True, timeout=120
+        )
+    if case.script == "export.py":
+        return run_cli(root, *EXPORT_FAST, *args, script="export.py")
+    return run_cli(root, *TINY, *args, f"hydra.run.dir={run_dir}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.shown for case in CASES])
+def test_bad_input_gets_one_clear_message_and_damages_nothing(workspace, case):
+    root, places, protected = workspace
+    before = snapshot(*protected)
+    run_dir = root / "outputs" / f"case{CASES.index(case)}"
+    result = run_case(root, case, places, run_dir)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-2000:]
+    assert case.message in output, output[-2000:]
+    assert "Traceback" not in output
+    assert snapshot(*protected) == before, "a failed command changed an earlier run, the teacher cache or an export"
+    assert not (root / "payload-ran").exists(), "a checkpoint's pickled code ran"
+    assert not (run_dir / "metrics.json").exists()
+
+
+def test_readme_table_lists_every_case():
+    readme = (REPO / "README.md").read_text()
+    missing = [case.shown for case in CASES if f"`{case.shown}`" not in readme or case.message not in readme]
+    assert not missing, f"README's bad-input table lacks {missing}"
