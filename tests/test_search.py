@@ -55,6 +55,8 @@ def test_rerunning_in_the_same_sweep_folder_resumes_the_study(study):
     result = run_cli(root, *SEARCH, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(_trial_states(sweep)) == 6, "the two new trials join the four stored ones"
+    finished = _trial_states(sweep).count("COMPLETE")
+    assert len(list(sweep.glob("*/metrics.json"))) == finished, "every finished trial keeps its own folder"
     assert "Using an existing study" in result.stdout + result.stderr
 
 

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from torch import nn
 
+import tierkit.utils.resolvers  # noqa: F401  (registers the config resolvers)
 from tierkit.distill.teacher import find_run_teacher, load_teacher
 from tierkit.errors import TierkitError
 from tierkit.export import export_onnx, max_output_difference, onnx_accuracy
@@ -38,6 +39,7 @@ from tierkit.quant.cpu import needs_reduced_range
 from tierkit.quant.qat import float_copy, is_prepared, qat_settings
 from tierkit.quant.qdq import export_qat_onnx
 from tierkit.runtime import sha256_of
+from tierkit.tracking import log_export, runs_group
 from tierkit.utils.files import write_json
 from tierkit.utils.instantiate import instantiate
 from tierkit.utils.model_stats import model_stats
@@ -369,6 +371,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     write_report(manifest, out)
     write_json(out / "manifest.json", manifest)
     print_summary(manifest, out)
+    if cfg.wandb.enabled:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        log_export(manifest, out, cfg.wandb, config, runs_group([run.config for run in runs]))
     return manifest
 
 

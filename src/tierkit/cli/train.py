@@ -12,7 +12,6 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 import tierkit.utils.resolvers  # noqa: F401  (registers the config resolvers)
@@ -26,6 +25,7 @@ from tierkit.models.checkpoint import load_student
 from tierkit.prune import StructuredPruning
 from tierkit.quant.callback import check_pruning_before_qat
 from tierkit.quant.escalation import check_qat_schedule, quantize_student
+from tierkit.tracking import finishing_wandb_run, log_run_results
 from tierkit.utils.checkpointing import leave_distributed
 from tierkit.utils.files import load_torch, write_json
 from tierkit.utils.instantiate import instantiate, instantiate_callbacks, instantiate_loggers
@@ -203,10 +203,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if is_global_zero:
         write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
         print_run_summary(metrics)
-    if any(isinstance(logger, WandbLogger) for logger in loggers):
-        import wandb
-
-        wandb.finish()
+        log_run_results(loggers, metrics, Path(cfg.paths.output_dir))
     return metrics
 
 
@@ -232,15 +229,16 @@ def objective(metrics: dict[str, Any], names: str | list[str] | None) -> float |
 def main(cfg: DictConfig) -> float | list[float] | None:
     """Hydra entry point; returns ``optimized_metric`` for sweepers."""
     silence_known_noise()
-    try:
-        metrics = train(cfg)
-        names = cfg.get("optimized_metric")
-        return objective(metrics, list(names) if isinstance(names, ListConfig) else names)
-    except TierkitError as exc:
-        log.error("%s", exc.render())
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # the sweeper records the job (an Optuna trial) as failed and goes on with the others
-        sys.exit(2)
+    with finishing_wandb_run():
+        try:
+            metrics = train(cfg)
+            names = cfg.get("optimized_metric")
+            return objective(metrics, list(names) if isinstance(names, ListConfig) else names)
+        except TierkitError as exc:
+            log.error("%s", exc.render())
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                raise  # the sweeper records the job (an Optuna trial) as failed and goes on with the others
+            sys.exit(2)
 
 
 if __name__ == "__main__":

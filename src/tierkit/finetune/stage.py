@@ -26,6 +26,7 @@ from tierkit.models.structure import describe_structure
 from tierkit.quant.callback import QuantizationAwareTraining
 from tierkit.quant.escalation import quantize_student
 from tierkit.quant.qat import is_prepared, qat_settings
+from tierkit.tracking import log_run_results
 from tierkit.utils.files import write_json
 from tierkit.utils.instantiate import instantiate, instantiate_callbacks, instantiate_loggers
 from tierkit.utils.model_stats import model_stats
@@ -150,6 +151,8 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         callbacks.append(QuantizationAwareTraining(0, 0, 0, reduce_range=quantization["reduce_range"]))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, where="trainer", callbacks=callbacks, logger=loggers)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(module.run_config)
     trainer.fit(module, datamodule=target)
     best = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)
     best_path = best.best_model_path if best else ""
@@ -198,4 +201,5 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
         print_finetune_summary(metrics)
+        log_run_results(loggers, metrics, Path(cfg.paths.output_dir))
     return metrics

@@ -4,6 +4,8 @@ import netrc
 import os
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 
@@ -20,6 +22,28 @@ def wandb_offline() -> bool:
         return True
 
 
+def _sweep_job() -> tuple[Path, int] | None:
+    """The sweep folder and job number of a multirun job; None for a single run (or outside Hydra)."""
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    if hydra.mode != RunMode.MULTIRUN:
+        return None
+    return Path(hydra.sweep.dir), int(hydra.job.num)
+
+
+def wandb_group(name: str) -> str:
+    """``name`` for a single run; ``name-<date>_<time>`` of the sweep folder for every job of one multirun."""
+    job = _sweep_job()
+    return name if job is None else f"{name}-{job[0].parent.name}_{job[0].name}"
+
+
+def wandb_run_name(name: str) -> str:
+    """``name`` for a single run; ``name-job<n>`` for job n of a multirun, so the jobs of a sweep are told apart."""
+    job = _sweep_job()
+    return name if job is None else f"{name}-job{job[1]}"
+
+
 def sqlite_url(path: str) -> str:
     """An SQLite URL for ``path``, its folder made first: Optuna opens the study before Hydra makes the sweep folder."""
     file = Path(path).expanduser().resolve()
@@ -28,4 +52,6 @@ def sqlite_url(path: str) -> str:
 
 
 OmegaConf.register_new_resolver("tierkit.wandb_offline", wandb_offline, replace=True)
+OmegaConf.register_new_resolver("tierkit.wandb_group", wandb_group, replace=True)
+OmegaConf.register_new_resolver("tierkit.wandb_run_name", wandb_run_name, replace=True)
 OmegaConf.register_new_resolver("tierkit.sqlite", sqlite_url, replace=True)

@@ -1,0 +1,197 @@
+"""Experiment tracking beyond Lightning's own metrics: each stage's results, and Weights & Biases extras.
+
+Every logger gets each stage's numbers (``student/``, ``teacher/``, ``quantization/``, ``finetune/``). A W&B run
+also gets a results table, the run's ONNX files as an artifact and its summary strings (which INT8 path shipped
+and why). ``python export.py wandb.enabled=true`` logs one run per export. wandb is imported only when a W&B
+run exists, so runs without it never pay for the import.
+"""
+
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from tierkit.export.tiers import budget_latency
+from tierkit.profile.variants import fastest
+
+# The sections of metrics.json that hold a stage's results (pruning steps are logged as they happen).
+STAGE_SECTIONS = ("student", "teacher", "quantization", "finetune")
+RESULT_COLUMNS = (
+    "stage",
+    "tier",
+    "seed",
+    "architecture",
+    "params",
+    "macs",
+    "size_bytes",
+    "test_acc",
+    "teacher_test_acc",
+    "fp32_onnx_bytes",
+    "fp32_onnx_test_acc",
+    "fp16_onnx_bytes",
+    "fp16_onnx_test_acc",
+    "int8_path",
+    "int8_bytes",
+    "int8_test_acc",
+    "int8_budget_met",
+)
+EXPORT_COLUMNS = (
+    "variant",
+    "tier",
+    "precision",
+    "ships",
+    "accuracy",
+    "accuracy_drop",
+    "bytes",
+    "params",
+    "macs",
+    "budget_hardware",
+    "budget_p50_ms",
+    "best_setting",
+    "best_p50_ms",
+    "throughput_per_s",
+    "peak_memory_mib",
+    "why",
+)
+
+
+def _leaves(value: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, f"{prefix}/{key}")
+    elif isinstance(value, bool | int | float | str):
+        yield prefix, value
+
+
+def stage_values(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Every number and string of the stage sections as flat names: ``quantization/ptq/test_acc``, ..."""
+    return {name: value for section in STAGE_SECTIONS for name, value in _leaves(metrics.get(section), section)}
+
+
+def log_stage_metrics(loggers: Sequence[Logger], metrics: dict[str, Any]) -> None:
+    """Log each stage's numbers to every logger (CSV, TensorBoard, W&B) and write them out."""
+    numbers = {name: float(value) for name, value in stage_values(metrics).items() if not isinstance(value, str)}
+    for logger in loggers:
+        logger.log_metrics(numbers)
+        logger.save()
+
+
+def results_row(metrics: dict[str, Any]) -> dict[str, Any]:
+    """One row of the results table: the student, each ONNX precision and the INT8 model that shipped."""
+    student, quantization = metrics.get("student", {}), metrics.get("quantization", {})
+    shipped = quantization.get(quantization.get("path"), {})
+    return {
+        "stage": metrics.get("stage", "train"),
+        "tier": metrics.get("tier"),
+        "seed": metrics.get("seed"),
+        "architecture": student.get("architecture"),
+        "params": student.get("params"),
+        "macs": student.get("macs"),
+        "size_bytes": student.get("size_bytes"),
+        "test_acc": student.get("test_acc"),
+        "teacher_test_acc": metrics.get("teacher", {}).get("test_acc"),
+        **{
+            f"{precision}_onnx_{key}": quantization.get(precision, {}).get(key)
+            for precision in ("fp32", "fp16")
+            for key in ("bytes", "test_acc")
+        },
+        "int8_path": quantization.get("path"),
+        "int8_bytes": shipped.get("bytes"),
+        "int8_test_acc": shipped.get("test_acc"),
+        "int8_budget_met": quantization.get("budget_met"),
+    }
+
+
+def log_run_results(loggers: Sequence[Logger], metrics: dict[str, Any], output_dir: Path) -> None:
+    """A finished run's results: stage metrics to every logger; table, summary and ONNX artifact to W&B."""
+    log_stage_metrics(loggers, metrics)
+    runs = [logger.experiment for logger in loggers if isinstance(logger, WandbLogger)]
+    if not runs:
+        return
+    import wandb
+
+    run, row = runs[0], results_row(metrics)
+    run.summary.update(stage_values(metrics))
+    run.log({"results": wandb.Table(columns=list(RESULT_COLUMNS), data=[[row[c] for c in RESULT_COLUMNS]])})
+    files = sorted((output_dir / "quantization").glob("*.onnx"))
+    if files:
+        artifact = wandb.Artifact(f"{row['stage']}-{row['tier']}-onnx", type="model", metadata=row)
+        for file in files:
+            artifact.add_file(str(file), name=file.name)
+        run.log_artifact(artifact)
+
+
+@contextmanager
+def finishing_wandb_run() -> Iterator[None]:
+    """Finish the W&B run a job started, failed or not, so the next job of a multirun gets a run of its own."""
+    exit_code = 1
+    try:
+        yield
+        exit_code = 0
+    finally:
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and wandb.run is not None:
+            wandb.finish(exit_code=exit_code)
+
+
+def export_row(entry: dict[str, Any]) -> list[Any]:
+    """One row of the export table for the teacher or a variant of the manifest."""
+    best = fastest(entry["latency"])
+    row = {
+        "variant": entry["name"],
+        "tier": entry.get("tier", "teacher"),
+        "precision": entry["precision"],
+        "ships": entry.get("ships"),
+        "accuracy": entry["accuracy"],
+        "accuracy_drop": entry.get("accuracy_drop"),
+        "bytes": entry["bytes"],
+        "params": entry["params"],
+        "macs": entry["macs"],
+        "budget_hardware": entry.get("budget_hardware"),
+        "budget_p50_ms": budget_latency(entry)["p50_ms"] if "budget_hardware" in entry else None,
+        "best_setting": f"{best['hardware']} {best['graph_optimization_level']}",
+        "best_p50_ms": best["p50_ms"],
+        "throughput_per_s": best["throughput_per_s"],
+        "peak_memory_mib": entry.get("peak_memory_mib"),
+        "why": entry.get("why"),
+    }
+    return [row[c] for c in EXPORT_COLUMNS]
+
+
+def runs_group(configs: Sequence[DictConfig]) -> str | None:
+    """The W&B group the exported runs logged to (their sweep's), when they all logged to one."""
+    groups = {OmegaConf.select(config, "logger.wandb.group") for config in configs}
+    return groups.pop() if len(groups) == 1 else None
+
+
+def log_export(
+    manifest: dict[str, Any], out: Path, settings: DictConfig, config: dict[str, Any], group: str | None
+) -> None:
+    """One W&B run for an export: the variants table, pareto.png, and every file of the set as one artifact."""
+    import wandb
+
+    files = ["manifest.json", "report.md", "pareto.png"]
+    files += [entry["file"] for entry in [manifest["teacher"], *manifest["variants"]]]
+    hardware = manifest["profiling"]["plot_hardware"]
+    Path(settings.dir).mkdir(parents=True, exist_ok=True)
+    with wandb.init(
+        project=settings.project,
+        name=settings.name or f"export-{out.name}",
+        group=settings.group or group,
+        job_type="export",
+        dir=str(settings.dir),
+        mode="offline" if settings.offline else "online",
+        config=config,
+    ) as run:
+        rows = [export_row(entry) for entry in [manifest["teacher"], *manifest["variants"]]]
+        plot = wandb.Image(str(out / "pareto.png"), caption=f"accuracy against latency on {hardware}")
+        run.log({"variants": wandb.Table(columns=list(EXPORT_COLUMNS), data=rows), "pareto": plot})
+        run.summary.update({f"ships/{v['tier']}": v["name"] for v in manifest["variants"] if v["ships"]})
+        artifact = wandb.Artifact("export", type="model", metadata={"schema_version": manifest["schema_version"]})
+        for file in files:
+            artifact.add_file(str(out / file), name=file)
+        run.log_artifact(artifact)
