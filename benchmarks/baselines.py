@@ -1,4 +1,19 @@
-"""Settings for the tools tierkit is compared against, in the form their configs need."""
+"""The tools tierkit is compared against, configured the way their users configure them."""
+
+import copy
+import functools
+import tempfile
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import onnx
+import torch
+from lightning.pytorch.callbacks import ModelPruning
+from onnxruntime.quantization import CalibrationDataReader, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from tierkit.distill import DistillationModule
 
 
 class PruneOnceAt:
@@ -13,3 +28,56 @@ class PruneOnceAt:
 
     def __call__(self, epoch: int) -> bool:
         return epoch == self.epoch
+
+
+class _Batches(CalibrationDataReader):
+    def __init__(self, samples: np.ndarray, batch_size: int, input_name: str):
+        self.batches = iter(np.array_split(samples, max(1, len(samples) // batch_size)))
+        self.input_name = input_name
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {self.input_name: batch}
+
+
+def ort_default_int8(fp32_path: Path, out_path: Path, samples: np.ndarray, batch_size: int = 64) -> Path:
+    """ONNX Runtime's documented static INT8 recipe with its defaults: pre-process, then quantize_static
+    (QDQ, signed 8-bit activations and weights, per-tensor, MinMax), calibrated on ``samples``."""
+    input_name = onnx.load(str(fp32_path)).graph.input[0].name
+    with tempfile.TemporaryDirectory(prefix="tierkit-ort-int8-") as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))
+        quantize_static(str(prepared), str(out_path), _Batches(samples, batch_size, input_name))
+    return out_path
+
+
+def modelpruning_copy(
+    model: torch.nn.Module, datamodule: L.LightningDataModule, amount: float, epochs: int, lr: float
+) -> torch.nn.Module:
+    """A copy of ``model`` pruned by Lightning's ModelPruning (global L1, unstructured) after the first epoch,
+    then fine-tuned with its masks for the remaining epochs; the masks are made permanent at the end."""
+    pruned = copy.deepcopy(model).train()
+    for parameter in pruned.parameters():
+        parameter.requires_grad_(True)
+    module = DistillationModule(
+        pruned, datamodule.num_classes, optimizer=functools.partial(torch.optim.AdamW, lr=lr), alpha=0.0
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        callbacks=[ModelPruning("l1_unstructured", amount=amount, apply_pruning=PruneOnceAt(0), verbose=0)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    return pruned.eval()
+
+
+def zero_fraction(model: torch.nn.Module) -> float:
+    """Share of exact zeros among the weight matrices and kernels (what mask-based pruning leaves)."""
+    weights = [p for name, p in model.named_parameters() if name.endswith("weight") and p.dim() > 1]
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)

@@ -36,10 +36,10 @@ def describe() -> str:
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def save_results(name: str, payload: dict, table_lines: list[str] | None = None) -> None:
-    """Write results/<name>.json (with the machine description) and, given a table, results/<name>.md."""
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps({"machine": describe(), **payload}, indent=2, default=str) + "\n")
+def save_results(name: str, payload: dict, table_lines: list[str] | None = None, folder: Path = RESULTS) -> None:
+    """Write <folder>/<name>.json (with the machine description) and, given a table, <folder>/<name>.md."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps({"machine": describe(), **payload}, indent=2, default=str) + "\n")
     if table_lines is not None:
-        (RESULTS / f"{name}.md").write_text("\n".join(table_lines) + "\n")
+        (folder / f"{name}.md").write_text("\n".join(table_lines) + "\n")
         print("\n".join(table_lines))

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-import torch
 
 from tierkit.export import export_onnx, onnx_accuracy
 from tierkit.models.checkpoint import load_student
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
 from tierkit.utils.noise import silence_known_noise
 
+from baselines import zero_fraction
 from machine import describe, save_results
 from runs import train_with
 
@@ -41,11 +41,6 @@ def overrides_for(variant: str, target: float, sparsity: float | None, end_epoch
         f"+callbacks.model_pruning.apply_pruning.epoch={end_epoch}",
         "+callbacks.model_pruning.verbose=0",
     ]
-
-
-def zero_fraction(model: torch.nn.Module) -> float:
-    weights = [p for name, p in model.named_parameters() if name.endswith("weight") and p.dim() > 1]
-    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
 
 
 def main() -> None:

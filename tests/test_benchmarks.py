@@ -1,0 +1,79 @@
+"""benchmarks/compare.py end to end in its quick mode, and the README's comparison kept in step with its output."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+COMPARE = REPO / "benchmarks" / "compare.py"
+ROWS = [
+    "teacher",
+    "teacher ORT INT8",
+    "teacher ModelPruning 50%",
+    "student alone",
+    "student + KD",
+    "tierkit highend",
+    "tierkit midrange",
+    "tierkit lowend",
+]
+
+
+def run_compare(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(COMPARE), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    result = run_compare("--quick", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_quick_compare_measures_every_row(quick):
+    out, result = quick
+    payload = json.loads((out / "compare.json").read_text())
+    assert "CPU:" in payload["machine"] and "CPU:" in result.stdout
+    rows = {row["model"]: row for row in payload["rows"]}
+    assert list(rows) == ROWS
+    for row in rows.values():
+        assert 0 <= row["accuracy"] <= 1
+        assert row["bytes"] > 0
+        for setting in ("cpu_1thread", "cpu_all"):
+            assert 0 < row[f"{setting}_p50_ms"] <= row[f"{setting}_p90_ms"]
+            assert row[f"{setting}_throughput_per_s"] > 0
+    teacher = rows["teacher"]
+    assert teacher["size_ratio"] == 1 and teacher["drop_points"] == 0
+    # ONNX Runtime's INT8 stores 8-bit weights; ModelPruning's zeros stay in a dense file of the same layout.
+    assert rows["teacher ORT INT8"]["bytes"] < teacher["bytes"] / 2
+    assert abs(rows["teacher ModelPruning 50%"]["bytes"] - teacher["bytes"]) < 0.05 * teacher["bytes"]
+    assert set(payload["checks"]) >= {"within 1 point of the teacher", "smaller than teacher ORT INT8"}
+    loop = payload["loop"]
+    assert loop["lightning_steps_per_s"] > 0 and loop["plain_steps_per_s"] > 0
+    assert loop["kd_epoch_s_cache"] > 0 and loop["kd_epoch_s_no_cache"] > 0
+
+
+def test_quick_compare_writes_table_and_plot(quick):
+    out, _ = quick
+    table = (out / "compare.md").read_text()
+    assert table.count("\n| tierkit ") == 3 and "| teacher ModelPruning 50% |" in table
+    assert "Lightning distillation steps/s" in table
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_mode_refuses_to_overwrite_the_readme_or_results():
+    result = run_compare("--quick", "--readme")
+    assert result.returncode == 2
+    assert "--quick needs --out" in result.stderr
+
+
+def test_readme_comparison_is_the_scripts_latest_output():
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- compare:start -->\n", 1)[1].split("\n<!-- compare:end -->", 1)[0]
+    table = (REPO / "benchmarks" / "results" / "compare.md").read_text().rstrip("\n")
+    assert block.startswith(table)
