@@ -1,6 +1,7 @@
 """`python train.py`: one Hydra run trains (or loads) the teacher, then distils the tier's student."""
 
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 import tierkit.utils.resolvers  # noqa: F401  (registers the config resolvers)
@@ -207,6 +209,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def resume_hint(output_dir: Path) -> str:
+    """How to go on after the run was stopped: from its newest last.ckpt (the QAT stage's, once it has started)."""
+    candidates = [output_dir / "checkpoints" / "qat" / "last.ckpt", output_dir / "checkpoints" / "last.ckpt"]
+    found = [path for path in candidates if path.is_file()]
+    if not found:
+        return "No checkpoint was written yet: run the command again."
+    return f"To go on, resume with ckpt_path={max(found, key=lambda path: path.stat().st_mtime)}"
+
+
 def objective(metrics: dict[str, Any], names: str | list[str] | None) -> float | list[float] | None:
     """The value(s) a sweeper optimizes: one metric path, or a list of them for a multi-objective search."""
     if not names:
@@ -239,6 +250,9 @@ def main(cfg: DictConfig) -> float | list[float] | None:
             if HydraConfig.get().mode == RunMode.MULTIRUN:
                 raise  # the sweeper records the job (an Optuna trial) as failed and goes on with the others
             sys.exit(2)
+        except SIGTERMException:
+            log.error("Stopped by SIGTERM. %s", resume_hint(Path(cfg.paths.output_dir)))
+            sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":

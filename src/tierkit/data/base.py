@@ -4,8 +4,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from tierkit.data.shift import DeviceShift
 from tierkit.errors import TierkitError
@@ -36,6 +37,21 @@ class IndexedTensorDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         return self.images[i], self.labels[i], i
+
+
+class EpochShuffle(RandomSampler):
+    """A shuffle drawn from (seed, epoch) alone, so a run resumed at epoch k sees the order an uninterrupted run saw.
+
+    Lightning calls ``set_epoch`` before every epoch; under DDP it swaps in DistributedSampler, epoch-seeded too.
+    """
+
+    def __init__(self, data_source, seed: int):
+        super().__init__(data_source, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]))
 
 
 def _count(size: float, total: int, name: str) -> int:
@@ -151,10 +167,12 @@ class ArrayDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if not self.splits:
             self.setup()
+        dataset = self.splits[split]
         return DataLoader(
-            self.splits[split],
+            dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            # The run's seed (set by seed_everything before training) and the epoch decide the order.
+            sampler=EpochShuffle(dataset, torch.initial_seed()) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

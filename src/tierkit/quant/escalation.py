@@ -65,6 +65,8 @@ def run_qat(
     """Fine-tune the FP32 student through fake quantization; returns the best QAT checkpoint and its
     PyTorch test accuracy. Checkpoints go to ``checkpoints/qat/``; ``ckpt_path`` resumes one."""
     qat = cfg.quantization.qat
+    # Seeded here too: a resumed QAT stage skips the FP32 fit, and the shuffle of each epoch follows the seed.
+    L.seed_everything(cfg.seed, workers=True)
     student, _ = load_student(fp32_checkpoint)
     module = DistillationModule(
         student=student.train(),

@@ -1,0 +1,196 @@
+"""Reliability: runs killed part-way (SIGTERM or SIGKILL) in each stage leave nothing that looks finished and
+resume to where an uninterrupted run with the same seed ends; the same seed gives the same run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tierkit.runtime import load_manifest, verify_file
+
+from conftest import FAST, REPO
+
+TESTS = Path(__file__).resolve().parent
+# Digits (360 test images): small enough to train in seconds, hard enough that accuracies differ.
+RECIPE = [
+    *[o for o in FAST if o not in ("data=synthetic", "quantization=off")],
+    "data=digits",
+    "seed=7",
+    "teacher.max_epochs=2",
+    "trainer.max_epochs=4",
+    "callbacks.pruning.start_epoch=0",
+    "callbacks.pruning.end_epoch=3",
+    "callbacks.pruning.steps=4",
+    "callbacks.pruning.schedule=linear",
+    "callbacks.pruning.round_to=null",
+    "callbacks.pruning.target=0.5",
+    # A budget no INT8 model meets: the run always goes on to QAT.
+    "quantization.max_accuracy_drop=-1",
+    "quantization.qat.epochs=3",
+    "quantization.qat.callback.freeze_epoch=2",
+    "quantization.calibration.samples=128",
+]
+EXPORT_FAST = [
+    "profiling.hardware=[cpu_2thread]",
+    "profiling.repeats=10",
+    "profiling.warmup=2",
+    "profiling.throughput_repeats=2",
+    "profiling.operator_runs=2",
+    "profiling.memory=false",
+]
+
+
+def start(root: Path, *args: str, script: str = "train.py") -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "TIERKIT_CACHE_DIR": str(root / "cache"),
+        "WANDB_MODE": "offline",
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.Popen(
+        [sys.executable, str(REPO / script), *args],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: int = 300) -> tuple[int, str]:
+    output, _ = process.communicate(timeout=timeout)
+    return process.returncode, output
+
+
+def kill_when(process: subprocess.Popen, marker: Path, signum: int, timeout: float = 240) -> tuple[int, str]:
+    """Send ``signum`` once ``marker`` exists; returns the exit code and output."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert process.poll() is None, f"the run ended before {marker.name}: {process.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {marker.name} after {timeout} s"
+        time.sleep(0.05)
+    process.send_signal(signum)
+    return finish(process)
+
+
+def paused(root: Path) -> list[str]:
+    return [
+        "+callbacks.pause._target_=pause.PauseAtEpochStart",
+        f"+callbacks.pause.folder={root / 'markers'}",
+        "+callbacks.pause.seconds=5",
+    ]
+
+
+def metrics_of(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The same recipe, never interrupted."""
+    root = tmp_path_factory.mktemp("faults")
+    run = root / "outputs" / "reference"
+    code, output = finish(start(root, *RECIPE, f"hydra.run.dir={run}"))
+    assert code == 0, output[-3000:]
+    return root, run, metrics_of(run)
+
+
+def assert_same_result(resumed: dict, reference: dict) -> None:
+    assert resumed["student"]["params"] == reference["student"]["params"], "the same pruned structure"
+    if "pruning" in resumed:  # a resumed QAT stage starts after pruning ended
+        assert resumed["pruning"]["history"][-1] == reference["pruning"]["history"][-1]
+    assert abs(resumed["student"]["test_acc"] - reference["student"]["test_acc"]) <= 0.005
+    for path in ("ptq", "qat"):
+        assert abs(resumed["quantization"][path]["test_acc"] - reference["quantization"][path]["test_acc"]) <= 0.005
+    assert resumed["quantization"]["path"] == reference["quantization"]["path"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killed_while_distilling_and_pruning_resumes_to_the_same_result(reference, signum):
+    root, _, expected = reference
+    run = root / "outputs" / f"killed-{signum.name}"
+    process = start(root, *RECIPE, *paused(root / signum.name), f"hydra.run.dir={run}")
+    code, output = kill_when(process, root / signum.name / "markers" / "fp32-epoch2", signum)
+    assert code != 0, output[-2000:]
+    assert not (run / "metrics.json").exists(), "a killed run must not look finished"
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 1
+    if signum == signal.SIGTERM:
+        assert f"resume with ckpt_path={run / 'checkpoints' / 'last.ckpt'}" in output
+    resumed = root / "outputs" / f"resumed-{signum.name}"
+    last_path = run / "checkpoints" / "last.ckpt"
+    code, output = finish(start(root, *RECIPE, f"ckpt_path={last_path}", f"hydra.run.dir={resumed}"))
+    assert code == 0, output[-3000:]
+    assert_same_result(metrics_of(resumed), expected)
+
+
+def test_killed_during_qat_resumes_the_qat_stage_to_the_same_result(reference):
+    root, _, expected = reference
+    run = root / "outputs" / "killed-qat"
+    process = start(root, *RECIPE, *paused(root / "qat"), f"hydra.run.dir={run}")
+    code, output = kill_when(process, root / "qat" / "markers" / "qat-epoch2", signal.SIGKILL)
+    assert code != 0 and not (run / "metrics.json").exists()
+    qat_last = run / "checkpoints" / "qat" / "last.ckpt"
+    assert torch.load(qat_last, weights_only=True)["tierkit"]["qat"], "the QAT checkpoint carries its quantizers"
+    resumed = root / "outputs" / "resumed-qat"
+    code, output = finish(start(root, *RECIPE, f"ckpt_path={qat_last}", f"hydra.run.dir={resumed}"))
+    assert code == 0, output[-3000:]
+    assert_same_result(metrics_of(resumed), expected)
+
+
+def test_killed_while_training_the_teacher_leaves_no_teacher_and_retrains_the_same_one(reference, tmp_path):
+    root, _, _ = reference
+    recipe = [*RECIPE, "teacher.max_epochs=40", "trainer.max_epochs=1", "quantization=off"]
+    process = start(tmp_path, *recipe, f"hydra.run.dir={tmp_path / 'killed'}")
+    teacher_log = tmp_path / "killed" / "logs" / "teacher" / "metrics.csv"
+    code, _ = kill_when(process, teacher_log, signal.SIGKILL)
+    assert code != 0
+    entries = list((tmp_path / "cache" / "teachers").glob("*/*"))
+    assert not [p for p in entries if p.name != "train.lock"], f"a killed teacher left {entries}"
+    code, output = finish(start(tmp_path, *recipe, f"hydra.run.dir={tmp_path / 'again'}"))
+    assert code == 0, output[-3000:]
+    (retrained,) = (tmp_path / "cache" / "teachers").glob("*/teacher.pt")
+    code, output = finish(start(root, *recipe, f"hydra.run.dir={root / 'outputs' / 'teacher40'}"))
+    assert code == 0, output[-3000:]
+    uninterrupted = root / "cache" / "teachers" / retrained.parent.name / "teacher.pt"
+    first, second = (torch.load(p, weights_only=True)["state_dict"] for p in (retrained, uninterrupted))
+    assert all(torch.equal(first[k], second[k]) for k in first), "the retrained teacher equals an uninterrupted one"
+
+
+def test_killed_export_leaves_no_manifest_and_a_rerun_completes_it(reference):
+    root, run, _ = reference
+    out = root / "exports" / "killed"
+    process = start(root, f"run={run}", f"output_dir={out}", *EXPORT_FAST, script="export.py")
+    code, _ = kill_when(process, out / "teacher" / "fp32.onnx", signal.SIGKILL)
+    assert code != 0
+    assert not (out / "manifest.json").exists(), "a killed export must not look complete"
+    code, output = finish(start(root, f"run={run}", f"output_dir={out}", *EXPORT_FAST, script="export.py"))
+    assert code == 0, output[-3000:]
+    manifest = load_manifest(out / "manifest.json")
+    assert all(verify_file(out, variant) for variant in manifest["variants"])
+    assert not list(out.rglob("*.part")), "no temporary file is left behind"
+
+
+def without_volatile(value, run: Path):
+    """metrics.json minus what differs between identical runs: wall time and the run's own paths."""
+    if isinstance(value, dict):
+        return {k: without_volatile(v, run) for k, v in value.items() if k != "train_seconds"}
+    if isinstance(value, list):
+        return [without_volatile(v, run) for v in value]
+    return value.replace(str(run), "<run>") if isinstance(value, str) else value
+
+
+def test_the_same_seed_gives_identical_metrics_on_cpu(reference):
+    root, run, expected = reference
+    again = root / "outputs" / "again"
+    code, output = finish(start(root, *RECIPE, f"hydra.run.dir={again}"))
+    assert code == 0, output[-3000:]
+    assert without_volatile(metrics_of(again), again) == without_volatile(expected, run)
+    first, second = (torch.load(r / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"] for r in (run, again))
+    assert all(torch.equal(first[k], second[k]) for k in first), "bit-identical student weights"
