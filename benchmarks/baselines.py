@@ -10,10 +10,11 @@ import numpy as np
 import onnx
 import torch
 from lightning.pytorch.callbacks import ModelPruning
-from onnxruntime.quantization import CalibrationDataReader, quantize_static
+from onnxruntime.quantization import quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from tierkit.distill import DistillationModule
+from tierkit.quant.ptq import CalibrationBatches
 
 
 class PruneOnceAt:
@@ -30,16 +31,6 @@ class PruneOnceAt:
         return epoch == self.epoch
 
 
-class _Batches(CalibrationDataReader):
-    def __init__(self, samples: np.ndarray, batch_size: int, input_name: str):
-        self.batches = iter(np.array_split(samples, max(1, len(samples) // batch_size)))
-        self.input_name = input_name
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self.batches, None)
-        return None if batch is None else {self.input_name: batch}
-
-
 def ort_default_int8(fp32_path: Path, out_path: Path, samples: np.ndarray, batch_size: int = 64) -> Path:
     """ONNX Runtime's documented static INT8 recipe with its defaults: pre-process, then quantize_static
     (QDQ, signed 8-bit activations and weights, per-tensor, MinMax), calibrated on ``samples``."""
@@ -47,7 +38,7 @@ def ort_default_int8(fp32_path: Path, out_path: Path, samples: np.ndarray, batch
     with tempfile.TemporaryDirectory(prefix="tierkit-ort-int8-") as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
-        quantize_static(str(prepared), str(out_path), _Batches(samples, batch_size, input_name))
+        quantize_static(str(prepared), str(out_path), CalibrationBatches(samples, batch_size, input_name))
     return out_path
 
 

@@ -19,6 +19,15 @@ FAST = [
     "~callbacks.progress",
     "quantization=off",
 ]
+# An export profiled on one setting with few repeats: enough to ship a variant, for tests that are not about timing.
+QUICK_PROFILE = [
+    "profiling.hardware=[cpu_2thread]",
+    "profiling.repeats=10",
+    "profiling.warmup=2",
+    "profiling.throughput_repeats=2",
+    "profiling.operator_runs=2",
+    "profiling.memory=false",
+]
 
 
 @pytest.fixture(autouse=True)

@@ -16,17 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, REPO, run_cli
+from conftest import FAST, QUICK_PROFILE, REPO, run_cli
 
 TINY = [*FAST, "debug=tiny"]
-EXPORT_FAST = [
-    "profiling.hardware=[cpu_2thread]",
-    "profiling.repeats=10",
-    "profiling.warmup=2",
-    "profiling.throughput_repeats=2",
-    "profiling.operator_runs=2",
-    "profiling.memory=false",
-]
 
 
 class Payload:
@@ -206,7 +198,7 @@ def workspace(tmp_path_factory):
     trained = run_cli(root, *TINY, f"hydra.run.dir={run}")
     assert trained.returncode == 0, trained.stderr[-3000:]
     export = root / "exports" / "e1"
-    exported = run_cli(root, f"run={run}", f"output_dir={export}", *EXPORT_FAST, script="export.py")
+    exported = run_cli(root, f"run={run}", f"output_dir={export}", *QUICK_PROFILE, script="export.py")
     assert exported.returncode == 0, exported.stderr[-3000:]
     evil = root / "evil.ckpt"
     torch.save({"tierkit": Payload(root / "payload-ran"), "state_dict": {}}, evil)
@@ -242,7 +234,7 @@ def run_case(root: Path, case: Case, places: dict[str, Path], run_dir: Path) -> 
             [sys.executable, "-m", "tierkit.runtime", *args], cwd=root, capture_output=True, text=True, timeout=120
         )
     if case.script == "export.py":
-        return run_cli(root, *EXPORT_FAST, *args, script="export.py")
+        return run_cli(root, *QUICK_PROFILE, *args, script="export.py")
     return run_cli(root, *TINY, *args, f"hydra.run.dir={run_dir}")
 
 

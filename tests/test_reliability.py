@@ -14,7 +14,7 @@ import torch
 
 from tierkit.runtime import load_manifest, verify_file
 
-from conftest import FAST, REPO
+from conftest import FAST, QUICK_PROFILE, REPO
 
 TESTS = Path(__file__).resolve().parent
 # Digits (360 test images): small enough to train in seconds, hard enough that accuracies differ.
@@ -35,14 +35,6 @@ RECIPE = [
     "quantization.qat.epochs=3",
     "quantization.qat.callback.freeze_epoch=2",
     "quantization.calibration.samples=128",
-]
-EXPORT_FAST = [
-    "profiling.hardware=[cpu_2thread]",
-    "profiling.repeats=10",
-    "profiling.warmup=2",
-    "profiling.throughput_repeats=2",
-    "profiling.operator_runs=2",
-    "profiling.memory=false",
 ]
 
 
@@ -166,11 +158,11 @@ def test_killed_while_training_the_teacher_leaves_no_teacher_and_retrains_the_sa
 def test_killed_export_leaves_no_manifest_and_a_rerun_completes_it(reference):
     root, run, _ = reference
     out = root / "exports" / "killed"
-    process = start(root, f"run={run}", f"output_dir={out}", *EXPORT_FAST, script="export.py")
+    process = start(root, f"run={run}", f"output_dir={out}", *QUICK_PROFILE, script="export.py")
     code, _ = kill_when(process, out / "teacher" / "fp32.onnx", signal.SIGKILL)
     assert code != 0
     assert not (out / "manifest.json").exists(), "a killed export must not look complete"
-    code, output = finish(start(root, f"run={run}", f"output_dir={out}", *EXPORT_FAST, script="export.py"))
+    code, output = finish(start(root, f"run={run}", f"output_dir={out}", *QUICK_PROFILE, script="export.py"))
     assert code == 0, output[-3000:]
     manifest = load_manifest(out / "manifest.json")
     assert all(verify_file(out, variant) for variant in manifest["variants"])

@@ -41,7 +41,9 @@ def calibration_samples(datamodule: ArrayDataModule, num_samples: int, batch_siz
     return train.images[np.sort(index)].numpy()
 
 
-class _BatchReader(CalibrationDataReader):
+class CalibrationBatches(CalibrationDataReader):
+    """Feeds ``samples`` to ONNX Runtime's calibrator in batches of about ``batch_size``."""
+
     def __init__(self, samples: np.ndarray, batch_size: int, input_name: str):
         self.batches = iter(np.array_split(samples, max(1, len(samples) // batch_size)))
         self.input_name = input_name
@@ -79,7 +81,7 @@ def quantize_int8(
             quantize_static(
                 str(prepared),
                 str(tmp),
-                _BatchReader(samples, batch_size, input_name),
+                CalibrationBatches(samples, batch_size, input_name),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 reduce_range=reduce_range,
