@@ -10,8 +10,13 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from wandb.proto import wandb_internal_pb2
+
+from tierkit.cli.launch import check_swept_group_options
+from tierkit.errors import TierkitError
 
 from conftest import CONFIG_DIR, FAST, compose_train, run_cli
 
@@ -292,3 +297,62 @@ def test_a_sweep_over_an_unknown_key_stops_at_launch(tmp_path, args):
     assert "Traceback" not in result.stderr
     assert not list(sweep.glob("*/.hydra")) and not (sweep / ".submitit").exists()
     assert not (sweep / "optuna.db").exists(), "no Optuna study is opened"
+
+
+TIERS = "highend, lowend, midrange"
+
+
+@pytest.mark.parametrize(
+    ("args", "group", "bad", "options"),
+    [
+        (["tier=ultra,lowend"], "tier", "ultra", TIERS),
+        (["hydra/launcher=local", "model=cnn,resnett"], "model", "resnett", "cnn, mlp, mobilenetv2, resnet"),
+        (["experiment=null,resnet_cifar1O"], "experiment", "resnet_cifar1O", "no_kd, resnet_cifar10"),
+        (["hparams_search=accuracy", "tier=choice(lowend,ultra)"], "tier", "ultra", TIERS),
+        (["hparams_search=accuracy", "+hydra.sweeper.params.tier='choice(lowend, ultra)'"], "tier", "ultra", TIERS),
+    ],
+)
+def test_a_sweep_over_a_misspelled_group_option_stops_at_launch(tmp_path, args, group, bad, options):
+    sweep = tmp_path / "multirun" / "typo"
+    result = run_cli(tmp_path, "-m", *args, *TINY, f"hydra.sweep.dir={sweep}")
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert f"the sweep gives the config group {group} the value {bad}, which is not one of its options" in output
+    assert f"({options})" in output and f"where: {group}\n" in output
+    assert f"fix:   pick the values of {group} from its options: {options}" in output
+    assert "Traceback" not in result.stderr and "Could not find" not in output, "before Hydra composes a job"
+    assert not sweep.exists(), "no job folder, no multirun.yaml, no Optuna study"
+
+
+@pytest.mark.parametrize(
+    ("task", "params"),
+    [
+        (["tier=lowend,midrange", "seed=1,2"], {}),
+        (["experiment=null,no_kd", "shift=camera,null"], {}),
+        (["tier=glob(*end)", "+model=choice(cnn,resnet)"], {}),
+        (
+            [],
+            {"tier": "choice(lowend, highend)", "experiment": "null,no_kd", "distill.alpha": "interval(0,1)"},
+        ),
+    ],
+)
+def test_a_sweep_over_existing_group_options_or_null_passes_the_launch_check(task, params):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", return_hydra_config=True)
+        OmegaConf.set_readonly(cfg, False)
+        cfg.hydra.overrides.task = task
+        cfg.hydra.sweeper.params = params or None
+        check_swept_group_options(cfg)
+
+
+@pytest.mark.parametrize(
+    ("task", "bad"),
+    [(["tier=glob(ultra*)"], "the value glob(ultra*),"), (["tier=range(1,3)"], "the values 1, 2, which are not among")],
+)
+def test_a_group_sweep_that_picks_no_option_is_refused(task, bad):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", return_hydra_config=True)
+        OmegaConf.set_readonly(cfg, False)
+        cfg.hydra.overrides.task = task
+        with pytest.raises(TierkitError, match=re.escape(bad)):
+            check_swept_group_options(cfg)

@@ -1,8 +1,9 @@
 """A Hydra callback that refuses a multirun which cannot work, before any job starts.
 
-Two mistakes are caught at launch, with one message and exit status 2: a SLURM launcher on a machine without
-SLURM, and a sweep over a key the config does not have (which an Optuna search or a submitit job would otherwise
-only find inside each job).
+Three mistakes are caught at launch, with one message and exit status 2: a SLURM launcher on a machine without
+SLURM, a sweep over a key the config does not have, and a sweep over a config group with a value that is not one of
+the group's options (``tier=ultra,lowend``). An Optuna search or a submitit job would otherwise only find them
+inside each job.
 """
 
 import logging
@@ -12,6 +13,8 @@ from typing import Any
 
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob, IntervalSweep, Override, QuotedString, Sweep
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -34,6 +37,19 @@ def check_launcher(launcher: DictConfig) -> None:
             fix="launch from a login node of your SLURM cluster, or run the jobs here: hydra/launcher=local "
             "(all at once) or no hydra/launcher (one after another)",
         )
+
+
+def swept_overrides(config: DictConfig) -> list[Override]:
+    """Every override a multirun sweeps: ``key=a,b`` (and the like) on the command line, and every entry of
+    ``hydra.sweeper.params`` (the basic sweeper's and Optuna's), parsed as ``key=value`` the way the sweeper does."""
+    parser = OverridesParser.create()
+    overrides = [o for o in parser.parse_overrides(list(config.hydra.overrides.task)) if o.is_sweep_override()]
+    for key, value in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items():
+        try:
+            overrides += parser.parse_overrides([f"{key}={value}"])
+        except HydraException:  # the sweeper reports an entry it cannot parse, in its own words
+            continue
+    return overrides
 
 
 def swept_keys(config: DictConfig) -> list[str]:
@@ -70,6 +86,53 @@ def check_swept_keys(config: DictConfig) -> None:
         )
 
 
+def _option_name(element: Any) -> str | None:
+    """The group option a swept element names (``lowend``, ``sub/name``), or None for ``null`` (no option) and for
+    an interpolation, which only the job can resolve."""
+    if element is None:
+        return None
+    name = element.text if isinstance(element, QuotedString) else Override._get_value_element_as_str(element)
+    return None if "${" in name else name
+
+
+def _is_option(loader: Any, group: str, name: str) -> bool:
+    """Whether ``name`` is an option of ``group``; ``sub/name`` is an option in the group's subfolder ``sub``."""
+    folder, _, leaf = name.rpartition("/")
+    return leaf in loader.get_group_options(f"{group}/{folder}" if folder else group)
+
+
+def misspelled_options(loader: Any, override: Override) -> list[str]:
+    """The values a sweep over a config group gives it that are not among the group's options."""
+    options = loader.get_group_options(override.key_or_group)
+    value = override.value()
+    if isinstance(value, Glob):  # glob(...) picks among the options: wrong only when it picks none
+        return [] if value.filter(options) else [override.get_value_string()]
+    if isinstance(value, IntervalSweep):  # a group takes an option, never a number from an interval
+        return [override.get_value_string()]
+    elements = override.sweep_iterator() if isinstance(value, Sweep) else [value]
+    names = [name for name in map(_option_name, elements) if name is not None]
+    return [name for name in dict.fromkeys(names) if not _is_option(loader, override.key_or_group, name)]
+
+
+def check_swept_group_options(config: DictConfig) -> None:
+    """Every value a sweep gives a config group must be one of its options (``null``, no option, is one too)."""
+    loader = GlobalHydra.instance().config_loader()
+    for override in swept_overrides(config):
+        group = override.key_or_group
+        if override.is_hydra_override() or override.is_delete() or not loader.get_group_options(group):
+            continue
+        wrong = misspelled_options(loader, override)
+        if wrong:
+            options = ", ".join(loader.get_group_options(group))
+            raise TierkitError(
+                f"the sweep gives the config group {group} the value{'s' if len(wrong) > 1 else ''} "
+                f"{', '.join(wrong)}, which {'are not among' if len(wrong) > 1 else 'is not one of'} its options "
+                f"({options})",
+                where=group,
+                fix=f"pick the values of {group} from its options: {options}",
+            )
+
+
 class LaunchChecks(Callback):
     """Registered in conf/hydra/default.yaml; Hydra calls it once per multirun, in the launching process."""
 
@@ -77,6 +140,7 @@ class LaunchChecks(Callback):
         try:
             check_launcher(config.hydra.launcher)
             check_swept_keys(config)
+            check_swept_group_options(config)
         except TierkitError as exc:
             log.error("%s", exc.render())
             sys.exit(2)
