@@ -30,6 +30,28 @@ QUICK_PROFILE = [
 ]
 
 
+def fake_slurm(root: Path, job_id: int, tasks: int = 1, rank: int = 0, restarts: int = 0) -> dict[str, str]:
+    """The environment of task ``rank`` of a one-node SLURM job, with a stand-in ``scontrol`` on PATH that records
+    its arguments in ``root/scontrol.log`` and, as SLURM does when it requeues a job, sends its caller SIGTERM."""
+    scontrol = root / "slurm-bin" / "scontrol"
+    scontrol.parent.mkdir(parents=True, exist_ok=True)
+    scontrol.write_text(f'#!/usr/bin/env bash\necho "$@" >> "{root / "scontrol.log"}"\nkill -TERM "$PPID"\n')
+    scontrol.chmod(0o755)
+    return {
+        "SLURM_JOB_ID": str(job_id),
+        "SLURM_JOB_NAME": "tierkit-test",
+        "SLURM_NTASKS": str(tasks),
+        "SLURM_NTASKS_PER_NODE": str(tasks),
+        "SLURM_NNODES": "1",
+        "SLURM_NODELIST": "127.0.0.1",
+        "SLURM_PROCID": str(rank),
+        "SLURM_LOCALID": str(rank),
+        "SLURM_NODEID": "0",
+        "SLURM_RESTART_COUNT": str(restarts),
+        "PATH": f"{scontrol.parent}{os.pathsep}{os.environ['PATH']}",
+    }
+
+
 @pytest.fixture(autouse=True)
 def _offline_wandb(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -1,6 +1,7 @@
 """`python train.py` as a user runs it: end to end, resume, and one clear message per mistake."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import torch
 from tierkit.models.checkpoint import load_student
 from tierkit.runtime import DeviceInfo, NoVariantFits, load_manifest, select_variant, verify_file
 
-from conftest import FAST, run_cli
+from conftest import FAST, REPO, fake_slurm, run_cli
 
 TINY = [*FAST, "debug=tiny"]
 # Two epochs with pruning at epochs 0 and 1 of a three-step schedule: the resume test finishes it.
@@ -219,3 +220,36 @@ def test_pruning_under_two_process_ddp_keeps_ranks_identical(tmp_path):
     assert metrics["pruning"]["steps_done"] == 2
     student, _ = load_student(run / "checkpoints" / "best.ckpt")
     assert sum(p.numel() for p in student.parameters()) == metrics["student"]["params"]
+
+
+@pytest.mark.slow
+def test_a_two_task_slurm_job_shares_one_folder_one_teacher_and_one_ddp_fit(tmp_path):
+    """What srun starts for --ntasks-per-node=2: the same command twice, told apart by SLURM_PROCID. The teacher
+    and the quantization stage (QAT forced) run in one process; the student's fit is DDP over both tasks."""
+    job = 3000 + os.getpid() % 6000  # Lightning derives the rendezvous port from the job id
+    args = [*TINY, *PRUNED, "trainer=ddp_cpu", "trainer.devices=2", "quantization=default"]
+    args += ["quantization.max_accuracy_drop=-1", "quantization.qat.epochs=3"]
+    args += ["quantization.qat.callback.freeze_epoch=2"]
+    tasks = [
+        subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), *args],
+            cwd=tmp_path,
+            env={**os.environ, "TIERKIT_CACHE_DIR": str(tmp_path / "cache"), **fake_slurm(tmp_path, job, 2, rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [task.communicate(timeout=600)[0] for task in tasks]
+    for task, output in zip(tasks, outputs, strict=True):
+        assert task.returncode == 0, output[-3000:]
+    assert "MEMBER: 2/2" in outputs[1], "the second task joins the first one's DDP fit"
+    assert sum("Training teacher" in output for output in outputs) == 1, "one task trains the teacher"
+    assert len(list((tmp_path / "cache" / "teachers").glob("*/teacher.pt"))) == 1
+    (run,) = (tmp_path / "outputs" / "slurm").iterdir()
+    assert run.name == str(job), "both tasks write into the folder named after the job"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["pruning"]["steps_done"] == 2
+    assert metrics["quantization"]["path"] in ("ptq", "qat") and (run / "quantization" / "int8_qat.onnx").is_file()
+    assert not (run / "teacher").exists(), "the teacher's working folder goes once the teacher is cached"

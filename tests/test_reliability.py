@@ -14,7 +14,7 @@ import torch
 
 from tierkit.runtime import load_manifest, verify_file
 
-from conftest import FAST, QUICK_PROFILE, REPO
+from conftest import FAST, QUICK_PROFILE, REPO, fake_slurm
 
 TESTS = Path(__file__).resolve().parent
 # Digits (360 test images): small enough to train in seconds, hard enough that accuracies differ.
@@ -38,9 +38,10 @@ RECIPE = [
 ]
 
 
-def start(root: Path, *args: str, script: str = "train.py") -> subprocess.Popen:
+def start(root: Path, *args: str, script: str = "train.py", env: dict[str, str] | None = None) -> subprocess.Popen:
     env = {
         **os.environ,
+        **(env or {}),
         "TIERKIT_CACHE_DIR": str(root / "cache"),
         "WANDB_MODE": "offline",
         "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
@@ -71,12 +72,12 @@ def kill_when(process: subprocess.Popen, marker: Path, signum: int, timeout: flo
     return finish(process)
 
 
-def paused(root: Path) -> list[str]:
-    return [
-        "+callbacks.pause._target_=pause.PauseAtEpochStart",
-        f"+callbacks.pause.folder={root / 'markers'}",
-        "+callbacks.pause.seconds=5",
-    ]
+def paused(root: Path, after_batch: int | None = None) -> list[str]:
+    """Pause at each epoch's start, or after batch ``after_batch`` of each epoch (see tests/pause.py)."""
+    where = ["+callbacks.pause._target_=pause.PauseAtEpochStart"]
+    if after_batch is not None:
+        where = ["+callbacks.pause._target_=pause.PauseAfterBatch", f"+callbacks.pause.batch={after_batch}"]
+    return [*where, f"+callbacks.pause.folder={root / 'markers'}", "+callbacks.pause.seconds=5"]
 
 
 def metrics_of(run: Path) -> dict:
@@ -134,6 +135,39 @@ def test_killed_during_qat_resumes_the_qat_stage_to_the_same_result(reference):
     code, output = finish(start(root, *RECIPE, f"ckpt_path={qat_last}", f"hydra.run.dir={resumed}"))
     assert code == 0, output[-3000:]
     assert_same_result(metrics_of(resumed), expected)
+
+
+@pytest.mark.parametrize(
+    ("job", "signum", "after_batch", "marker", "resumes_from"),
+    [
+        (4101, signal.SIGUSR1, None, "fp32-epoch2", "hpc_ckpt_1.ckpt"),
+        (4102, signal.SIGUSR1, 7, "fp32-epoch2-batch7", "hpc_ckpt_1.ckpt"),
+        (4103, signal.SIGUSR1, 5, "qat-epoch1-batch5", "checkpoints/qat/hpc_ckpt_1.ckpt"),
+        (4104, signal.SIGTERM, None, "fp32-epoch2", "checkpoints/last.ckpt"),
+    ],
+    ids=["SIGUSR1-epoch-start", "SIGUSR1-mid-epoch", "SIGUSR1-mid-qat", "SIGTERM"],
+)
+def test_a_requeued_slurm_job_resumes_in_its_own_folder(reference, job, signum, after_batch, marker, resumes_from):
+    """SIGUSR1 is SLURM's warning before a time limit (sbatch --signal=SIGUSR1@90): Lightning saves
+    hpc_ckpt_<n>.ckpt wherever the epoch stands and requeues the job. A bare SIGTERM (preemption, or submitit's own
+    requeue) leaves the last epoch's checkpoint. Either way the requeued job, same id, finds its folder and ends
+    where an uninterrupted run ends."""
+    root, _, expected = reference
+    run = root / "outputs" / "slurm" / str(job)
+    process = start(root, *RECIPE, *paused(root / str(job), after_batch), env=fake_slurm(root / str(job), job))
+    code, output = kill_when(process, root / str(job) / "markers" / marker, signum)
+    assert code == 128 + signal.SIGTERM, output[-3000:]
+    assert not (run / "metrics.json").exists(), "a preempted run must not look finished"
+    assert (run / resumes_from).is_file(), sorted(str(p.relative_to(run)) for p in run.rglob("*.ckpt"))
+    requeues = root / str(job) / "scontrol.log"
+    if signum == signal.SIGUSR1:
+        assert requeues.read_text().split() == ["requeue", str(job)]
+    else:
+        assert not requeues.exists()
+    code, output = finish(start(root, *RECIPE, env=fake_slurm(root / str(job), job, restarts=1)))
+    assert code == 0, output[-3000:]
+    assert f"resuming from {run / resumes_from}" in output
+    assert_same_result(metrics_of(run), expected)
 
 
 def test_killed_while_training_the_teacher_leaves_no_teacher_and_retrains_the_same_one(reference, tmp_path):

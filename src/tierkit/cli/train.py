@@ -34,6 +34,7 @@ from tierkit.utils.instantiate import instantiate, instantiate_callbacks, instan
 from tierkit.utils.model_stats import model_stats
 from tierkit.utils.noise import silence_known_noise
 from tierkit.utils.report import print_run_summary
+from tierkit.utils.slurm import requeued_checkpoint, single_process_plugins
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,16 @@ def find_last_checkpoint(cfg: DictConfig) -> Path:
 def resolve_resume(cfg: DictConfig) -> tuple[str | None, dict[str, Any], DictConfig]:
     """Turn ``ckpt_path`` into a file and rebuild the model-defining config from that checkpoint.
 
+    A requeued SLURM job with no ``ckpt_path`` resumes from the newest checkpoint in its own run folder.
+
     Returns the path, the checkpoint's tierkit metadata and the updated config.
     """
     if not cfg.get("ckpt_path"):
-        return None, {}, cfg
+        requeued = requeued_checkpoint(Path(cfg.paths.output_dir))
+        if requeued is None:
+            return None, {}, cfg
+        with open_dict(cfg):
+            cfg.ckpt_path = str(requeued)
     path = find_last_checkpoint(cfg) if cfg.ckpt_path == "last" else Path(cfg.ckpt_path).expanduser()
     if not path.is_file():
         raise TierkitError(f"checkpoint {path} does not exist", where="ckpt_path", fix="pass an existing .ckpt file")
@@ -129,7 +136,9 @@ def test_checkpoint(
     module = DistillationModule(
         student, datamodule.num_classes, optimizer=torch.optim.SGD, teacher=teacher, **cfg.distill
     )
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, plugins=single_process_plugins()
+    )
     return module, trainer.test(module, datamodule=datamodule, verbose=False)[0]
 
 

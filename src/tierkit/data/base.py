@@ -1,7 +1,9 @@
 """In-memory LightningDataModule: the datasets tierkit targets fit in RAM, so load once, split once."""
 
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -10,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from tierkit.data.shift import DeviceShift
 from tierkit.errors import TierkitError
+from tierkit.utils.resume import interrupted_epoch
 
 
 @dataclass
@@ -45,13 +48,25 @@ class EpochShuffle(RandomSampler):
     Lightning calls ``set_epoch`` before every epoch; under DDP it swaps in DistributedSampler, epoch-seeded too.
     """
 
-    def __init__(self, data_source, seed: int):
+    def __init__(self, data_source, seed: int, resume: tuple[int, int] | None = None):
         super().__init__(data_source, generator=torch.Generator())
         self.seed = seed
+        # (epoch, samples): a run resumed mid-epoch leaves out that epoch's samples already trained on.
+        self.resume = resume
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         self.generator.manual_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]))
+
+    def __iter__(self) -> Iterator[int]:
+        order = super().__iter__()
+        if self.resume is not None and self.epoch >= self.resume[0]:
+            epoch, skipped = self.resume
+            self.resume = None
+            if epoch == self.epoch:
+                return itertools.islice(order, skipped, None)
+        return order
 
 
 def _count(size: float, total: int, name: str) -> int:
@@ -104,6 +119,7 @@ class ArrayDataModule(L.LightningDataModule):
         self.split_seed, self.num_workers = split_seed, num_workers
         self.shift = DeviceShift.from_config(shift) if shift else None
         self.splits: dict[str, IndexedTensorDataset] = {}
+        self.resume: tuple[int, int] | None = None
 
     def load(self) -> dict[str, Arrays]:
         raise NotImplementedError
@@ -172,13 +188,23 @@ class ArrayDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             # The run's seed (set by seed_everything before training) and the epoch decide the order.
-            sampler=EpochShuffle(dataset, torch.initial_seed()) if shuffle else None,
+            sampler=EpochShuffle(dataset, torch.initial_seed(), self.resume) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        loader = self._loader("train", shuffle=True)
+        self.resume = None
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: how far into its epoch training was (see tierkit.utils.resume)."""
+        return interrupted_epoch(self.trainer)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict:
+            self.resume = (state_dict["epoch"], state_dict["batches"] * self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

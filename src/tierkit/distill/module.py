@@ -13,6 +13,7 @@ from tierkit.errors import TierkitError
 from tierkit.models.checkpoint import CHECKPOINT_FORMAT
 from tierkit.models.structure import apply_structure, describe_structure
 from tierkit.quant.qat import prepare_qat, qat_settings
+from tierkit.utils.resume import restart_epoch_at_its_start
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -159,6 +160,7 @@ class DistillationModule(L.LightningModule):
             "qat": qat_settings(self.student),
             "fp32_checkpoint": self.fp32_checkpoint,
         }
+        restart_epoch_at_its_start(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Reshape the student to the checkpoint's (possibly pruned) layers, and insert its fake quantizers

@@ -7,7 +7,7 @@ writes the cache atomically, the others wait and load it.
 import hashlib
 import json
 import logging
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from tierkit.errors import TierkitError
 from tierkit.models.build import build_model, model_name
 from tierkit.utils.files import load_torch, save_torch, write_json
 from tierkit.utils.instantiate import instantiate
+from tierkit.utils.slurm import single_process_plugins
 
 log = logging.getLogger(__name__)
 
@@ -108,34 +109,38 @@ def train_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, key: str) 
         alpha=0.0,
     )
     progress = cfg.get("callbacks", {}).get("progress")
-    with tempfile.TemporaryDirectory(prefix="tierkit-teacher-") as tmp:
-        checkpoint = ModelCheckpoint(dirpath=tmp, filename="teacher", monitor="val/acc", mode="max")
-        callbacks = [checkpoint] + ([instantiate(progress, where="callbacks.progress")] if progress else [])
-        # One process: under DDP the student's ranks start only after the teacher is cached, so no rank
-        # waits on the cache lock while another waits for it to join the process group.
-        trainer = instantiate(
-            cfg.trainer,
-            where="trainer",
-            max_epochs=cfg.teacher.max_epochs,
-            min_epochs=1,
-            devices=1,
-            num_nodes=1,
-            strategy="auto",
-            callbacks=callbacks,
-            logger=CSVLogger(Path(cfg.paths.output_dir) / "logs", name="teacher", version=""),
-        )
-        log.info(
-            "Training teacher %s for %d epochs (cache key %s)",
-            model_name(cfg.model.teacher),
-            cfg.teacher.max_epochs,
-            key,
-        )
-        trainer.fit(module, datamodule=datamodule)
-        if checkpoint.best_model_path:
-            best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
-            module.load_state_dict(best["state_dict"])
-        val_acc = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
-        test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    # In the run folder, not a temporary one: a requeued SLURM job resumes the teacher from Lightning's
+    # hpc_ckpt_<n>.ckpt here with its best-checkpoint record intact. Removed once the teacher is cached.
+    folder = Path(cfg.paths.output_dir) / "teacher"
+    checkpoint = ModelCheckpoint(dirpath=folder / "checkpoints", filename="teacher", monitor="val/acc", mode="max")
+    callbacks = [checkpoint] + ([instantiate(progress, where="callbacks.progress")] if progress else [])
+    # One process: under DDP the student's ranks start only after the teacher is cached, so no rank
+    # waits on the cache lock while another waits for it to join the process group.
+    trainer = instantiate(
+        cfg.trainer,
+        where="trainer",
+        default_root_dir=str(folder),
+        plugins=single_process_plugins(),
+        max_epochs=cfg.teacher.max_epochs,
+        min_epochs=1,
+        devices=1,
+        num_nodes=1,
+        strategy="auto",
+        callbacks=callbacks,
+        logger=CSVLogger(Path(cfg.paths.output_dir) / "logs", name="teacher", version=""),
+    )
+    log.info(
+        "Training teacher %s for %d epochs (cache key %s)",
+        model_name(cfg.model.teacher),
+        cfg.teacher.max_epochs,
+        key,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    if checkpoint.best_model_path:
+        best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(best["state_dict"])
+    val_acc = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
+    test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     return {
         "format": TEACHER_FORMAT,
         "key": key,
@@ -168,6 +173,7 @@ def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule) -> tuple[
             payload = train_teacher(cfg, datamodule, key)
             save_torch(path, payload)
             write_json(path.parent / "teacher.json", {k: v for k, v in payload.items() if k != "state_dict"})
+            shutil.rmtree(Path(cfg.paths.output_dir) / "teacher", ignore_errors=True)
     finally:
         lock.release()
     return load_teacher(path, cfg.model.teacher, shape, classes)

@@ -28,6 +28,7 @@ from tierkit.quant.ptq import calibration_samples, convert_fp16, quantize_int8
 from tierkit.quant.qat import is_prepared
 from tierkit.quant.qdq import export_qat_onnx
 from tierkit.utils.instantiate import instantiate, instantiate_callbacks
+from tierkit.utils.slurm import single_process_plugins
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,12 @@ def run_qat(
             callback.dirpath = str(Path(callback.dirpath) / "qat")
     callbacks.append(instantiate(qat.callback, where="quantization.qat.callback"))
     # One process: the quantization stage runs on rank 0 only, after the (possibly DDP) FP32 fit has ended.
+    # Its own root folder keeps a requeue checkpoint (hpc_ckpt_<n>.ckpt) apart from the FP32 fit's.
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         where="trainer",
+        default_root_dir=str(Path(cfg.paths.output_dir) / "checkpoints" / "qat"),
+        plugins=single_process_plugins(),
         callbacks=callbacks,
         logger=list(loggers),
         max_epochs=qat.epochs,

@@ -8,6 +8,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
+from tierkit.utils.slurm import run_folder_name
+
 
 def wandb_offline() -> bool:
     """Offline unless the user has configured W&B: an API key, a netrc login, or WANDB_MODE=online."""
@@ -55,3 +57,5 @@ OmegaConf.register_new_resolver("tierkit.wandb_offline", wandb_offline, replace=
 OmegaConf.register_new_resolver("tierkit.wandb_group", wandb_group, replace=True)
 OmegaConf.register_new_resolver("tierkit.wandb_run_name", wandb_run_name, replace=True)
 OmegaConf.register_new_resolver("tierkit.sqlite", sqlite_url, replace=True)
+# Cached: every reading within one process names the same folder, as Hydra's ${now:} does.
+OmegaConf.register_new_resolver("tierkit.run_folder", run_folder_name, replace=True, use_cache=True)

@@ -1,0 +1,84 @@
+"""Running under SLURM: a run folder that survives requeues, in-place resume, and single-process stages.
+
+A preempted or timed-out job is requeued with the same job id. Its run folder is named after that id, so the
+requeued job finds the checkpoints of the first attempt (Lightning's ``hpc_ckpt_<n>.ckpt`` written on the requeue
+signal, or the epoch-end ``last.ckpt``) and goes on from the newest.
+"""
+
+import logging
+import os
+from datetime import datetime
+from pathlib import Path
+
+from lightning.fabric.plugins.environments import SLURMEnvironment
+
+log = logging.getLogger(__name__)
+
+
+def job_id() -> str | None:
+    """The job's id as ``scontrol requeue`` keeps it: ``<array job>_<task>`` for an array task."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array_job is not None:
+        return f"{array_job}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def run_folder_name() -> str:
+    """``slurm/<job id>`` inside a SLURM job (every task and every requeue agree on it), else the date and time."""
+    found = job_id() if SLURMEnvironment.detect() else None
+    return f"slurm/{found}" if found else datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+
+
+def restart_count() -> int:
+    """How many times SLURM has requeued this job (0 outside SLURM and on the first attempt)."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
+def requeued_checkpoint(output_dir: Path) -> Path | None:
+    """On a requeued job, the newest checkpoint the earlier attempts left in this run folder (either stage)."""
+    if restart_count() == 0:
+        return None
+    checkpoints = output_dir / "checkpoints"
+    candidates = [
+        *output_dir.glob("hpc_ckpt_*.ckpt"),
+        *(checkpoints / "qat").glob("hpc_ckpt_*.ckpt"),
+        checkpoints / "last.ckpt",
+        checkpoints / "qat" / "last.ckpt",
+    ]
+    found = [path for path in candidates if path.is_file()]
+    if not found:
+        log.info("Requeued SLURM job (restart %d), but no checkpoint in %s: starting over", restart_count(), output_dir)
+        return None
+    newest = max(found, key=lambda path: path.stat().st_mtime)
+    log.info("Requeued SLURM job (restart %d): resuming from %s", restart_count(), newest)
+    return newest
+
+
+class OneTaskOfSLURM(SLURMEnvironment):
+    """SLURM's requeue on its signal, for a stage that runs in one process of a multi-task job (teacher, QAT).
+
+    Lightning's own SLURM environment would take the job's task count as the world size and refuse ``devices=1``.
+    """
+
+    def world_size(self) -> int:
+        return 1
+
+    def global_rank(self) -> int:
+        return 0
+
+    def local_rank(self) -> int:
+        return 0
+
+    def node_rank(self) -> int:
+        return 0
+
+    def validate_settings(self, num_devices: int, num_nodes: int) -> None:
+        """One device on one node, whatever the job asked of SLURM."""
+
+
+def single_process_plugins() -> list:
+    """Trainer plugins for a one-process stage: keeps SLURM's requeue handling, drops its multi-task world."""
+    return [OneTaskOfSLURM()] if SLURMEnvironment.detect() else []
