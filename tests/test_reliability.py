@@ -157,6 +157,7 @@ def test_a_requeued_slurm_job_resumes_in_its_own_folder(reference, job, signum, 
     process = start(root, *RECIPE, *paused(root / str(job), after_batch), env=fake_slurm(root / str(job), job))
     code, output = kill_when(process, root / str(job) / "markers" / marker, signum)
     assert code == 128 + signal.SIGTERM, output[-3000:]
+    assert "(a requeued SLURM job does so by itself)" in output
     assert not (run / "metrics.json").exists(), "a preempted run must not look finished"
     assert (run / resumes_from).is_file(), sorted(str(p.relative_to(run)) for p in run.rglob("*.ckpt"))
     requeues = root / str(job) / "scontrol.log"

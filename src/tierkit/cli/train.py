@@ -34,7 +34,7 @@ from tierkit.utils.instantiate import instantiate, instantiate_callbacks, instan
 from tierkit.utils.model_stats import model_stats
 from tierkit.utils.noise import silence_known_noise
 from tierkit.utils.report import print_run_summary
-from tierkit.utils.slurm import requeued_checkpoint, single_process_plugins
+from tierkit.utils.slurm import job_id, requeued_checkpoint, single_process_plugins
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,8 @@ def resume_hint(output_dir: Path) -> str:
     found = [path for path in candidates if path.is_file()]
     if not found:
         return "No checkpoint was written yet: run the command again."
-    return f"To go on, resume with ckpt_path={max(found, key=lambda path: path.stat().st_mtime)}"
+    hint = f"To go on, resume with ckpt_path={max(found, key=lambda path: path.stat().st_mtime)}"
+    return f"{hint} (a requeued SLURM job does so by itself)" if job_id() else hint
 
 
 def objective(metrics: dict[str, Any], names: str | list[str] | None) -> float | list[float] | None:
