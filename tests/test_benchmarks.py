@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO
 
 COMPARE = REPO / "benchmarks" / "compare.py"
+MEMORY = REPO / "benchmarks" / "memory.py"
 ROWS = [
     "teacher",
     "teacher ORT INT8",
@@ -77,3 +78,30 @@ def test_readme_comparison_is_the_scripts_latest_output():
     block = readme.split("<!-- compare:start -->\n", 1)[1].split("\n<!-- compare:end -->", 1)[0]
     table = (REPO / "benchmarks" / "results" / "compare.md").read_text().rstrip("\n")
     assert block.startswith(table)
+
+
+def test_quick_memory_records_every_epoch(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(MEMORY), "--quick", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads((tmp_path / "memory.json").read_text())
+    assert payload["mode"] == "quick" and "CPU:" in payload["machine"]
+    assert [r["epoch"] for r in payload["records"]] == list(range(1, payload["epochs"] + 1))
+    for record in payload["records"]:
+        assert 0 < record["rss_mib"] <= record["peak_rss_mib"] and record["objects"] > 0
+        assert 0 < record["rss_anon_mib"] + record["rss_file_mib"] <= record["rss_mib"] + 0.05
+        assert record["malloc_in_use_mib"] > 0
+    assert payload["rss_mib_end_of_warmup"] > 0 and payload["rss_mib_last"] > 0 and payload["wall_seconds"] > 0
+    assert payload["rss_mib_last"] - payload["rss_mib_end_of_warmup"] == pytest.approx(
+        payload["rss_growth_mib"], abs=0.01
+    )
+    assert payload["verdict"] in ("no growth", "GROWS")
+    table = (tmp_path / "memory.md").read_text()
+    assert "| RSS at the end of warm-up (epoch 2) |" in table and f"Verdict: **{payload['verdict']}**" in table
+    assert payload["verdict"] in result.stdout
+    assert (tmp_path / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
