@@ -207,8 +207,10 @@ def workspace(tmp_path_factory):
     shutil.copy(evil, evil_run / "checkpoints" / "best.ckpt")
     tampered = root / "tampered"
     shutil.copytree(export, tampered)
-    with (tampered / "midrange" / "fp32.onnx").open("ab") as model_file:
-        model_file.write(b"\0")
+    # Every model file altered: which variant the runtime picks depends on the measured latencies.
+    for model in tampered.rglob("*.onnx"):
+        with model.open("ab") as model_file:
+            model_file.write(b"\0")
     (root / "empty.npy").touch()
     np.save(root / "batch.npy", np.zeros((2, 1, 16, 16), dtype=np.float32))
     np.save(root / "wrong_batch.npy", np.zeros((2, 1, 8, 8), dtype=np.float32))
