@@ -56,7 +56,7 @@ def start(root: Path, *args: str, script: str = "train.py", env: dict[str, str] 
     )
 
 
-def finish(process: subprocess.Popen, timeout: int = 300) -> tuple[int, str]:
+def finish(process: subprocess.Popen, timeout: int = 600) -> tuple[int, str]:
     output, _ = process.communicate(timeout=timeout)
     return process.returncode, output
 
