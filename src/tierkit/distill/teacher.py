@@ -94,6 +94,11 @@ def load_teacher(
     return model, {"path": str(path), **payload.get("metrics", {})}
 
 
+def teacher_work_folder(cfg: DictConfig) -> Path:
+    """Where the teacher trains inside the run folder; removed once the teacher is cached."""
+    return Path(cfg.paths.output_dir) / "teacher"
+
+
 def train_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, key: str) -> dict[str, Any]:
     """Fit the teacher with plain cross-entropy and return the cache payload (weights + metrics)."""
     L.seed_everything(cfg.teacher.seed, workers=True)
@@ -111,7 +116,7 @@ def train_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, key: str) 
     progress = cfg.get("callbacks", {}).get("progress")
     # In the run folder, not a temporary one: a requeued SLURM job resumes the teacher from Lightning's
     # hpc_ckpt_<n>.ckpt here with its best-checkpoint record intact. Removed once the teacher is cached.
-    folder = Path(cfg.paths.output_dir) / "teacher"
+    folder = teacher_work_folder(cfg)
     checkpoint = ModelCheckpoint(dirpath=folder / "checkpoints", filename="teacher", monitor="val/acc", mode="max")
     callbacks = [checkpoint] + ([instantiate(progress, where="callbacks.progress")] if progress else [])
     # One process: under DDP the student's ranks start only after the teacher is cached, so no rank
@@ -173,7 +178,7 @@ def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule) -> tuple[
             payload = train_teacher(cfg, datamodule, key)
             save_torch(path, payload)
             write_json(path.parent / "teacher.json", {k: v for k, v in payload.items() if k != "state_dict"})
-            shutil.rmtree(Path(cfg.paths.output_dir) / "teacher", ignore_errors=True)
+            shutil.rmtree(teacher_work_folder(cfg), ignore_errors=True)
     finally:
         lock.release()
     return load_teacher(path, cfg.model.teacher, shape, classes)
