@@ -63,6 +63,22 @@ def test_qat_file_is_compacted_without_changing_outputs_or_kernels(tmp_path, mon
     _assert_compacted(reference, export_qat_onnx(prepared, tmp_path / "int8.onnx", SHAPE))
 
 
+def test_attributes_that_say_what_their_absence_means_are_dropped(tmp_path):
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, stride=2, padding=1), torch.nn.Conv2d(4, 4, 3), torch.nn.MaxPool2d(2)
+    ).eval()
+    path = export_onnx(model, tmp_path / "fp32.onnx", SHAPE)
+    attributes = [
+        {a.name: list(a.ints) for a in node.attribute} for node in onnx.load(str(path)).graph.node if node.attribute
+    ]
+    # Only the first convolution's stride and padding and the pool's window differ from what absence means.
+    assert attributes == [{"strides": [2, 2], "pads": [1, 1, 1, 1]}, {"kernel_shape": [2, 2], "strides": [2, 2]}]
+    x = torch.randn(4, *SHAPE)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(ort_session(path).run(None, {"input": x.numpy()})[0], expected, atol=1e-5)
+
+
 def test_compacting_twice_changes_nothing(tmp_path):
     fp32 = export_onnx(SmallCNN(SHAPE, 4, width=0.25).eval(), tmp_path / "fp32.onnx", SHAPE)
     once = onnx.load(str(quantize_int8(fp32, tmp_path / "int8.onnx", torch.randn(32, *SHAPE).numpy(), 16)))

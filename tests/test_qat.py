@@ -15,23 +15,44 @@ from tierkit.models import MLP, CifarResNet, MobileNetV2, SmallCNN
 from tierkit.models.checkpoint import load_student
 from tierkit.profile import ort_session
 from tierkit.quant.escalation import check_qat_schedule
-from tierkit.quant.qat import STAGES, freeze_batch_norm, is_prepared, prepare_qat, qat_stage, set_qat_stage
-from tierkit.quant.qdq import export_qat_onnx
+from tierkit.quant.qat import (
+    STAGES,
+    batch_norm_factor,
+    freeze_batch_norm,
+    is_prepared,
+    prepare_qat,
+    qat_stage,
+    set_qat_stage,
+)
+from tierkit.quant.qdq import export_qat_onnx, fold_batch_norm
 
 from conftest import FAST, compose_train, run_cli
 
 SHAPE = (1, 16, 16)
 
 
-def _calibrated(model: nn.Module, batches: int = 3) -> nn.Module:
+def _calibrated(model: nn.Module, batches: int = 3, per_channel: bool = True) -> nn.Module:
     """Prepared and run through the activation stage, then frozen: an exportable QAT model."""
-    prepared = prepare_qat(model)
+    prepared = prepare_qat(model, per_channel=per_channel)
     set_qat_stage(prepared, "activations")
     prepared.train()
     for _ in range(batches):
         prepared(torch.randn(8, *SHAPE))
     set_qat_stage(prepared, "frozen")
     return prepared.eval()
+
+
+def _weight_scale_dims(graph: onnx.GraphProto) -> list[list[int]]:
+    """The dims of each stored weight's DequantizeLinear scale: [channels] per channel, [] per tensor."""
+    initializers = {init.name: init for init in graph.initializer}
+    return [
+        list(initializers[node.input[1]].dims)
+        for node in graph.node
+        if node.op_type == "DequantizeLinear"
+        and node.input[0] in initializers
+        and initializers[node.input[0]].data_type == onnx.TensorProto.INT8
+        and len(initializers[node.input[0]].dims) > 1
+    ]
 
 
 @pytest.mark.parametrize(
@@ -44,17 +65,19 @@ def _calibrated(model: nn.Module, batches: int = 3) -> nn.Module:
     ],
     ids=["cnn", "resnet", "mobilenetv2", "mlp"],
 )
-def test_qat_export_is_qdq_with_int8_weights_and_runs_on_integer_kernels(tmp_path, build):
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
+def test_qat_export_is_qdq_with_int8_weights_and_runs_on_integer_kernels(tmp_path, build, per_channel):
     # Built here, seeded: weights drawn at collection time would depend on which tests were collected first.
     torch.manual_seed(0)
     model = build()
-    prepared = _calibrated(model)
+    prepared = _calibrated(model, per_channel=per_channel)
     path = export_qat_onnx(prepared, tmp_path / "int8.onnx", SHAPE)
     graph = onnx.load(str(path)).graph
     ops = {node.op_type for node in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     int8_weights = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) > 1]
     assert len(int8_weights) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+    assert {len(dims) for dims in _weight_scale_dims(graph)} == {1 if per_channel else 0}
     assert float_compute_ops(path) == []
     fp32 = export_onnx(model.eval(), tmp_path / "fp32.onnx", SHAPE)
     # INT8 weights; per-channel float scales and biases keep tiny depthwise models above a quarter.
@@ -70,6 +93,30 @@ def test_qat_export_is_qdq_with_int8_weights_and_runs_on_integer_kernels(tmp_pat
     top_two = np.sort(expected, axis=1)[:, -2:]
     clear = top_two[:, 1] - top_two[:, 0] > 4 * step
     assert (actual.argmax(1) == expected.argmax(1))[clear].all()
+
+
+def test_per_tensor_qat_rounds_each_weight_on_the_grid_export_gives_its_folded_weight():
+    """Export folds batch norm into the weight and then takes one scale for the whole tensor: training must round
+    on that grid, not on the unfolded weight's, or the shipped model differs from the trained one."""
+    torch.manual_seed(0)
+    model = MobileNetV2(SHAPE, 4, width=0.25)
+    for norm in model.modules():
+        if isinstance(norm, nn.BatchNorm2d):
+            norm.weight.data.uniform_(0.1, 3.0)  # factors far apart, as after training
+    prepared = _calibrated(model, per_channel=False)
+    folded = fold_batch_norm(prepared)
+    checked = 0
+    for node in prepared.graph.nodes:
+        if node.op != "call_module" or len(node.args) != 2:
+            continue
+        conv, norm = prepared.get_submodule(node.target), prepared.get_submodule(next(iter(node.users)).target)
+        factor = batch_norm_factor(norm).detach().reshape(-1, 1, 1, 1)
+        trained = (conv.weight_quant(conv.weight, batch_norm_factor(norm)) * factor).detach()
+        weight = folded.get_submodule(node.target).weight.detach()
+        shipped = torch.fake_quantize_per_tensor_affine(weight, float(weight.abs().max() / 127), 0, -128, 127)
+        torch.testing.assert_close(trained, shipped, rtol=0, atol=1e-4 * float(weight.abs().max() / 127))
+        checked += 1
+    assert checked == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
 def test_stages_switch_quantizers_and_prepare_keeps_parameters():

@@ -1,4 +1,5 @@
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -6,7 +7,7 @@ from tierkit.data import SyntheticDataModule
 from tierkit.errors import TierkitError
 from tierkit.export import export_onnx, onnx_accuracy
 from tierkit.export.verify import float_compute_ops
-from tierkit.models import MLP, SmallCNN
+from tierkit.models import MLP, MobileNetV2, SmallCNN
 from tierkit.profile import ort_session
 from tierkit.quant import calibration_samples, convert_fp16, quantize_int8
 from tierkit.quant.cpu import needs_reduced_range
@@ -25,11 +26,28 @@ def test_int8_runs_on_integer_kernels_and_tracks_fp32(tmp_path, model):
     assert float_compute_ops(fp32), "the FP32 graph has float Conv/Gemm to begin with"
     int8 = quantize_int8(fp32, tmp_path / "int8.onnx", calibration_samples(data, 64, 16), batch_size=16)
     assert float_compute_ops(int8) == []
+    # Biases are stored float: ONNX Runtime quantizes them to INT32 itself when it loads the file.
+    assert not [i for i in onnx.load(str(int8)).graph.initializer if i.data_type == onnx.TensorProto.INT32]
     x = data.splits["test"].images[:16].numpy()
     reference = ort_session(fp32).run(None, {"input": x})[0]
     quantized = ort_session(int8).run(None, {"input": x})[0]
     assert (reference.argmax(1) == quantized.argmax(1)).mean() >= 0.9
     assert int8.stat().st_size < fp32.stat().st_size
+
+
+def test_per_tensor_int8_has_one_weight_scale_per_layer_and_integer_kernels(tmp_path):
+    data = _data()
+    fp32 = export_onnx(MobileNetV2(SHAPE, 4, width=0.25).eval(), tmp_path / "fp32.onnx", SHAPE)
+    samples = calibration_samples(data, 64, 16)
+    per_tensor = quantize_int8(fp32, tmp_path / "int8.onnx", samples, batch_size=16, per_channel=False)
+    graph = onnx.load(str(per_tensor)).graph
+    initializers = {init.name: init for init in graph.initializer}
+    weights = {init.name for init in graph.initializer if len(init.dims) > 1}
+    scales = [initializers[n.input[1]] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights]
+    assert scales and all(not scale.dims for scale in scales)
+    assert float_compute_ops(per_tensor) == []
+    per_channel = quantize_int8(fp32, tmp_path / "int8_pc.onnx", samples, batch_size=16)
+    assert per_tensor.stat().st_size < per_channel.stat().st_size
 
 
 def test_fp16_keeps_float32_io_and_halves_weights(tmp_path):

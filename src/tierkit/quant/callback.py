@@ -43,6 +43,7 @@ class QuantizationAwareTraining(Callback):
         freeze_epoch: int = 2,
         reduce_range: bool | None = None,
         observer_momentum: float = 0.01,
+        per_channel: bool = True,
     ):
         super().__init__()
         if not 0 <= start_epoch <= activations_epoch <= freeze_epoch:
@@ -61,6 +62,7 @@ class QuantizationAwareTraining(Callback):
         self.start_epoch, self.activations_epoch, self.freeze_epoch = start_epoch, activations_epoch, freeze_epoch
         self.reduce_range = needs_reduced_range() if reduce_range is None else bool(reduce_range)
         self.observer_momentum = observer_momentum
+        self.per_channel = per_channel
         self.stage = "float"
         self.history: list[dict[str, Any]] = []
 
@@ -88,7 +90,9 @@ class QuantizationAwareTraining(Callback):
         stage = self.stage_at(trainer.current_epoch)
         if stage != "float" and not is_prepared(pl_module.student):
             # The quantized layers share the float layers' parameters, so the optimizer and its state carry on.
-            pl_module.student = prepare_qat(pl_module.student, self.reduce_range, self.observer_momentum)
+            pl_module.student = prepare_qat(
+                pl_module.student, self.reduce_range, self.observer_momentum, self.per_channel
+            )
             rewrap_distributed(trainer)
         if is_prepared(pl_module.student) and qat_stage(pl_module.student) != stage:
             set_qat_stage(pl_module.student, stage)

@@ -122,7 +122,11 @@ def quantize_student(
     shape = tuple(config.data.input_shape)
     budget = float(settings.max_accuracy_drop)
     reduce_range = needs_reduced_range() if settings.reduce_range is None else bool(settings.reduce_range)
-    report: dict[str, Any] = {"max_accuracy_drop": budget, "reduce_range": reduce_range}
+    report: dict[str, Any] = {
+        "max_accuracy_drop": budget,
+        "reduce_range": reduce_range,
+        "per_channel": bool(settings.per_channel),
+    }
 
     if is_prepared(student):
         # QAT ran inside the main fit (callbacks=qat): its checkpoint is already the INT8 candidate.
@@ -135,7 +139,15 @@ def quantize_student(
     report["fp16"] = onnx_scores(convert_fp16(fp32, out / "fp16.onnx"), datamodule)
     calibration = settings.calibration
     samples = calibration_samples(datamodule, calibration.samples, calibration.batch_size, calibration.seed)
-    ptq = quantize_int8(fp32, out / "int8_ptq.onnx", samples, calibration.batch_size, calibration.method, reduce_range)
+    ptq = quantize_int8(
+        fp32,
+        out / "int8_ptq.onnx",
+        samples,
+        calibration.batch_size,
+        calibration.method,
+        reduce_range,
+        per_channel=settings.per_channel,
+    )
     report["ptq"] = {**onnx_scores(ptq, datamodule), "float_compute_ops": float_compute_ops(ptq)}
     report["ptq"]["drop"] = report["fp32"]["val_acc"] - report["ptq"]["val_acc"]
 

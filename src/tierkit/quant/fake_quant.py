@@ -1,7 +1,7 @@
 """Fake-quantization modules whose forward pass simulates INT8 and whose ONNX export is Quantize/DequantizeLinear.
 
-The layout is the one ONNX Runtime fuses into integer kernels on x86: signed per-channel symmetric weights
-(zero point 0) and unsigned per-tensor asymmetric activations.
+The layout is the one ONNX Runtime fuses into integer kernels on x86: signed symmetric weights (zero point 0, per
+channel by default) and unsigned per-tensor asymmetric activations.
 """
 
 import torch
@@ -23,57 +23,70 @@ def _(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("tierkit::qdq_per_channel", mutates_args=())
-def qdq_per_channel(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def _fake_quantize_weight(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric INT8: one scale per output channel, or a 0-d ``scale`` for the whole tensor."""
     zero_point = torch.zeros_like(scale, dtype=torch.int32)
+    if scale.dim() == 0:
+        return torch.fake_quantize_per_tensor_affine(weight, scale, zero_point, INT8_MIN, INT8_MAX)
     return torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0, INT8_MIN, INT8_MAX)
 
 
-@qdq_per_channel.register_fake
+@torch.library.custom_op("tierkit::qdq_weight", mutates_args=())
+def qdq_weight(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return _fake_quantize_weight(weight, scale)
+
+
+@qdq_weight.register_fake
 def _(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(weight)
 
 
 class WeightFakeQuant(nn.Module):
-    """Per-output-channel symmetric INT8 of a weight tensor, with the scale taken from the weight itself.
+    """Symmetric INT8 of a weight tensor, one scale per output channel (or per tensor), taken from the weight itself.
 
-    A scale from the current weight needs no observer, and it is unchanged in meaning when batch norm is
+    A scale from the current weight needs no observer. Per channel, it is unchanged in meaning when batch norm is
     later folded into the weight: folding multiplies each output channel by one factor, and so does the scale.
+    Per tensor it is not, so the caller passes the factors (``fold``) and the grid is the folded weight's.
     ``reduce_range`` keeps values in 7 bits (±63) for x86 CPUs without VNNI, whose u8×s8 products can saturate.
     """
 
-    def __init__(self, reduce_range: bool = False):
+    def __init__(self, reduce_range: bool = False, per_channel: bool = True):
         super().__init__()
         self.enabled = False
         self.reduce_range = reduce_range
+        self.per_channel = per_channel
         self.export_scale: torch.Tensor | None = None
 
     def get_extra_state(self) -> dict[str, bool]:
-        return {"enabled": self.enabled, "reduce_range": self.reduce_range}
+        return {"enabled": self.enabled, "reduce_range": self.reduce_range, "per_channel": self.per_channel}
 
     def set_extra_state(self, state: dict[str, bool]) -> None:
         self.enabled, self.reduce_range = state["enabled"], state["reduce_range"]
+        self.per_channel = state.get("per_channel", True)
 
     @property
     def levels(self) -> int:
         return 63 if self.reduce_range else 127
 
     def scale(self, weight: torch.Tensor) -> torch.Tensor:
-        max_abs = weight.detach().abs().flatten(1).amax(1)
+        magnitude = weight.detach().abs()
+        max_abs = magnitude.flatten(1).amax(1) if self.per_channel else magnitude.amax()
         return (max_abs / self.levels).clamp_min(1e-8).float()
 
     def freeze_for_export(self, weight: torch.Tensor) -> None:
         """Fix the scales as a constant, so the exported graph quantizes an initializer with constant scales."""
         self.export_scale = self.scale(weight)
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+    def forward(self, weight: torch.Tensor, fold: torch.Tensor | None = None) -> torch.Tensor:
         if self.export_scale is not None:
-            return qdq_per_channel(weight, self.export_scale)
+            return qdq_weight(weight, self.export_scale)
         if not self.enabled:
             return weight
-        scale = self.scale(weight)
-        zero_point = torch.zeros_like(scale, dtype=torch.int32)
-        return torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0, INT8_MIN, INT8_MAX)
+        if fold is None or self.per_channel:
+            return _fake_quantize_weight(weight, self.scale(weight))
+        # The grid of the folded weight, mapped back: a per-channel scale of (folded scale) / |factor|.
+        factor = fold.detach().abs().clamp_min(1e-8).reshape(-1, *[1] * (weight.dim() - 1))
+        return _fake_quantize_weight(weight, self.scale(weight * factor) / factor.flatten())
 
 
 class ActivationFakeQuant(nn.Module):

@@ -60,11 +60,18 @@ def quantize_int8(
     batch_size: int = 64,
     method: str = "minmax",
     reduce_range: bool = False,
+    per_channel: bool = True,
 ) -> Path:
     """Static INT8 (QDQ, per-channel weights, uint8 activations) calibrated on ``samples``.
 
+    ``per_channel=False`` gives each weight tensor one scale: a few bytes smaller, but layers whose channels differ
+    in range (depthwise convolutions) lose precision.
+
     The quantizer's output is compacted (short names, no metadata, no all-zero weight zero points): for a small student
-    that overhead is a third of the file.
+    that overhead is a third of the file. Biases stay float, as in tierkit's QAT export: ONNX Runtime's
+    WeightBiasQuantization turns them into INT32 at load, with the scale (input scale x weight scale) the quantizer
+    would have stored and the same values up to one rounding unit, so a stored INT32 copy would only add those
+    per-channel scales and a DequantizeLinear per layer.
     """
     if method not in CALIBRATION_METHODS:
         raise TierkitError(
@@ -83,12 +90,12 @@ def quantize_int8(
                 str(tmp),
                 CalibrationBatches(samples, batch_size, input_name),
                 quant_format=QuantFormat.QDQ,
-                per_channel=True,
+                per_channel=per_channel,
                 reduce_range=reduce_range,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CALIBRATION_METHODS[method],
-                extra_options={"CalibTensorRangeSymmetric": False},
+                extra_options={"CalibTensorRangeSymmetric": False, "QuantizeBias": False},
             )
         onnx.save(compact_model(onnx.load(str(tmp))), str(tmp))
         onnx.checker.check_model(str(tmp))

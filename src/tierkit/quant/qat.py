@@ -1,7 +1,7 @@
 """Insert fake quantization into a student where ONNX Runtime will later run integer kernels.
 
 The model is traced with torch.fx and quantizers are placed in the pattern ONNX Runtime fuses on x86:
-every Conv/Linear weight quantized per channel; activations quantized at the model input, after each
+every Conv/Linear weight quantized per channel (or per tensor); activations quantized at the model input, after each
 Conv/Linear (behind its BatchNorm and ReLU; the logits too, so the head runs as QGemm), after each residual
 add (behind its ReLU) and after average pooling. Data-movement ops (max-pooling, flatten, dropout) reuse the
 quantizer of their input, so ONNX Runtime keeps them in INT8 instead of converting back and forth.
@@ -27,28 +27,31 @@ _ADDS = (operator.add, torch.add)
 
 
 class QuantConv2d(nn.Conv2d):
-    """A Conv2d whose weight passes through a WeightFakeQuant; same parameter names as nn.Conv2d."""
+    """A Conv2d whose weight passes through a WeightFakeQuant; same parameter names as nn.Conv2d.
 
-    def __init__(self, *args, reduce_range: bool = False, **kwargs):
+    ``fold``: the per-channel factors of the batch norm that follows, which per-tensor quantization must see.
+    """
+
+    def __init__(self, *args, reduce_range: bool = False, per_channel: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self.weight_quant = WeightFakeQuant(reduce_range)
+        self.weight_quant = WeightFakeQuant(reduce_range, per_channel)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.weight_quant(self.weight), self.bias)
+    def forward(self, x: torch.Tensor, fold: torch.Tensor | None = None) -> torch.Tensor:
+        return self._conv_forward(x, self.weight_quant(self.weight, fold), self.bias)
 
 
 class QuantLinear(nn.Linear):
     """A Linear whose weight passes through a WeightFakeQuant; same parameter names as nn.Linear."""
 
-    def __init__(self, *args, reduce_range: bool = False, **kwargs):
+    def __init__(self, *args, reduce_range: bool = False, per_channel: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self.weight_quant = WeightFakeQuant(reduce_range)
+        self.weight_quant = WeightFakeQuant(reduce_range, per_channel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.weight_quant(self.weight), self.bias)
 
 
-def _quantized_copy(module: nn.Module, reduce_range: bool) -> nn.Module:
+def _quantized_copy(module: nn.Module, reduce_range: bool, per_channel: bool) -> nn.Module:
     if isinstance(module, nn.Conv2d):
         copy = QuantConv2d(
             module.in_channels,
@@ -61,9 +64,16 @@ def _quantized_copy(module: nn.Module, reduce_range: bool) -> nn.Module:
             module.bias is not None,
             module.padding_mode,
             reduce_range=reduce_range,
+            per_channel=per_channel,
         )
     else:
-        copy = QuantLinear(module.in_features, module.out_features, module.bias is not None, reduce_range=reduce_range)
+        copy = QuantLinear(
+            module.in_features,
+            module.out_features,
+            module.bias is not None,
+            reduce_range=reduce_range,
+            per_channel=per_channel,
+        )
     # The same Parameter objects: an optimizer built on the float model keeps training (and its state) as is.
     copy.weight, copy.bias = module.weight, module.bias
     return copy.to(module.weight.device).train(module.training)
@@ -110,10 +120,13 @@ def _untraceable(model: nn.Module, exc: Exception) -> TierkitError:
     )
 
 
-def prepare_qat(model: nn.Module, reduce_range: bool = False, momentum: float = 0.01) -> fx.GraphModule:
+def prepare_qat(
+    model: nn.Module, reduce_range: bool = False, momentum: float = 0.01, per_channel: bool = True
+) -> fx.GraphModule:
     """``model`` traced, with fake quantizers in place, all disabled (stage "float").
 
     The original parameters (same objects, same names) are kept, so optimizers and float checkpoints still fit.
+    ``per_channel=False`` gives each weight one scale, which the exported file stores per tensor.
     """
     if is_prepared(model):
         return model
@@ -126,7 +139,9 @@ def prepare_qat(model: nn.Module, reduce_range: bool = False, momentum: float = 
         module = _module(gm, node)
         if isinstance(module, (nn.Conv2d, nn.Linear)) and not isinstance(module, (QuantConv2d, QuantLinear)):
             parent, _, name = node.target.rpartition(".")
-            setattr(gm.get_submodule(parent) if parent else gm, name, _quantized_copy(module, reduce_range))
+            setattr(
+                gm.get_submodule(parent) if parent else gm, name, _quantized_copy(module, reduce_range, per_channel)
+            )
 
     quantizer_of: dict[fx.Node, str] = {}
     count = 0
@@ -166,9 +181,30 @@ def prepare_qat(model: nn.Module, reduce_range: bool = False, momentum: float = 
             upstream = upstream.args[0]
         shared = quantizer_of.get(upstream.args[0]) if _is_pass_through(gm, upstream) and upstream.args else None
         quantize_after(source, share=shared)
+    if not per_channel:
+        _pass_fold_factors(gm)
     graph.lint()
     gm.recompile()
     return gm
+
+
+def batch_norm_factor(norm: nn.BatchNorm2d) -> torch.Tensor:
+    """What folding ``norm`` into the convolution before it multiplies each output channel by."""
+    factor = torch.rsqrt(norm.running_var + norm.eps)
+    return factor if norm.weight is None else factor * norm.weight
+
+
+def _pass_fold_factors(gm: fx.GraphModule) -> None:
+    """Give each convolution followed only by a batch norm that norm's factors: export folds the norm (its running
+    statistics) into the weight before quantizing it, and one scale for the whole tensor is only right for the
+    folded weight."""
+    for node in list(gm.graph.nodes):
+        users = list(node.users)
+        if not (_is(gm, node, (nn.Conv2d,)) and len(users) == 1 and _is(gm, users[0], (nn.BatchNorm2d,))):
+            continue
+        with gm.graph.inserting_before(node):
+            norm = gm.graph.get_attr(users[0].target)
+            node.args = (*node.args, gm.graph.call_function(batch_norm_factor, (norm,)))
 
 
 def activation_quantizers(model: nn.Module) -> Iterator[ActivationFakeQuant]:
@@ -189,7 +225,7 @@ def qat_settings(model: nn.Module) -> dict[str, float | bool] | None:
     activation = next(activation_quantizers(model), None)
     if weight is None or activation is None:
         return None
-    return {"reduce_range": weight.reduce_range, "momentum": activation.momentum}
+    return {"reduce_range": weight.reduce_range, "momentum": activation.momentum, "per_channel": weight.per_channel}
 
 
 def qat_stage(model: nn.Module) -> str:

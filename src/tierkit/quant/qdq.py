@@ -31,14 +31,16 @@ def _onnx_qdq_per_tensor(x: ir.Value, scale: float, zero_point: int) -> ir.Value
     return op.DequantizeLinear(op.QuantizeLinear(x, scale_value, zero_value), scale_value, zero_value)
 
 
-def _onnx_qdq_per_channel(weight: ir.Value, scale: ir.Value) -> ir.Value:
+def _onnx_qdq_weight(weight: ir.Value, scale: ir.Value) -> ir.Value:
     zero = op.Cast(op.Mul(scale, op.Constant(value_float=0.0)), to=onnx.TensorProto.INT8)
+    if scale.shape is not None and scale.shape.rank() == 0:
+        return op.DequantizeLinear(op.QuantizeLinear(weight, scale, zero), scale, zero)
     return op.DequantizeLinear(op.QuantizeLinear(weight, scale, zero, axis=0), scale, zero, axis=0)
 
 
 QDQ_TRANSLATIONS = {
     torch.ops.tierkit.qdq_per_tensor.default: _onnx_qdq_per_tensor,
-    torch.ops.tierkit.qdq_per_channel.default: _onnx_qdq_per_channel,
+    torch.ops.tierkit.qdq_weight.default: _onnx_qdq_weight,
 }
 
 
@@ -60,8 +62,11 @@ def fold_batch_norm(model: fx.GraphModule) -> fx.GraphModule:
             name,
             fuse_conv_bn_eval(conv, model.get_submodule(node.target)),
         )
+        # The norm's factors, passed for per-tensor QAT, are in the folded weight now.
+        source.args = source.args[:1]
         node.replace_all_uses_with(source)
         model.graph.erase_node(node)
+    model.graph.eliminate_dead_code()
     model.graph.lint()
     model.recompile()
     return model
