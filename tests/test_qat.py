@@ -14,6 +14,7 @@ from tierkit.export.verify import float_compute_ops
 from tierkit.models import MLP, CifarResNet, MobileNetV2, SmallCNN
 from tierkit.models.checkpoint import load_student
 from tierkit.profile import ort_session
+from tierkit.quant.callback import QuantizationAwareTraining, check_qat_callback_schedule, require_observed_ranges
 from tierkit.quant.escalation import check_qat_schedule
 from tierkit.quant.qat import (
     STAGES,
@@ -297,6 +298,26 @@ def test_qat_schedule_longer_than_the_stage_is_refused(tmp_path):
     cfg = compose_train(tmp_path, *QUANT, "quantization.qat.epochs=1")
     with pytest.raises(TierkitError, match="activations are only quantized from epoch"):
         check_qat_schedule(cfg.quantization)
+
+
+def test_qat_schedule_that_freezes_ranges_before_observing_them_is_refused(tmp_path):
+    cfg = compose_train(tmp_path, *QUANT, "quantization.qat.callback.activations_epoch=2")
+    with pytest.raises(TierkitError, match="freezes activation ranges at epoch 2"):
+        check_qat_schedule(cfg.quantization)
+    callbacks = compose_train(tmp_path, *FAST, "callbacks=qat", "callbacks.qat.freeze_epoch=11").callbacks
+    with pytest.raises(TierkitError, match="freeze_epoch to at least 12"):
+        check_qat_callback_schedule(callbacks)
+    with pytest.raises(TierkitError, match="equals freeze_epoch"):
+        QuantizationAwareTraining(start_epoch=1, activations_epoch=2, freeze_epoch=2)
+
+
+def test_freezing_activation_ranges_that_never_saw_a_batch_fails_at_once():
+    """(0, 0, 0) keeps an already frozen student frozen (fine-tuning); on a fresh one it must not train on."""
+    model = prepare_qat(SmallCNN(SHAPE, 4, width=0.5))
+    set_qat_stage(model, "frozen")
+    with pytest.raises(TierkitError, match=r"froze \d+ activation quantizer\(s\) that never observed a batch"):
+        require_observed_ranges(model)
+    require_observed_ranges(_calibrated(SmallCNN(SHAPE, 4, width=0.5)))
 
 
 def test_qat_inside_the_main_fit_exports_its_int8_model(tmp_path):

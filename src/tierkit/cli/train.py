@@ -25,7 +25,7 @@ from tierkit.finetune import finetune
 from tierkit.models.build import build_model, model_name
 from tierkit.models.checkpoint import load_student
 from tierkit.prune import StructuredPruning
-from tierkit.quant.callback import check_pruning_before_qat
+from tierkit.quant.callback import check_qat_callback_schedule
 from tierkit.quant.escalation import check_qat_schedule, quantize_student
 from tierkit.tracking import finishing_wandb_run, log_run_results
 from tierkit.utils.checkpointing import leave_distributed
@@ -159,7 +159,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     ckpt_path, saved, cfg = resolve_resume(cfg)
     check_distill_settings(**cfg.distill)
-    check_pruning_before_qat(cfg.get("callbacks"))
+    check_qat_callback_schedule(cfg.get("callbacks"))
     if cfg.quantization.enabled:
         check_qat_schedule(cfg.quantization)
     datamodule: L.LightningDataModule = instantiate(cfg.data, where="data")

@@ -9,21 +9,48 @@ from lightning import Callback
 from tierkit.errors import TierkitError
 from tierkit.prune import StructuredPruning
 from tierkit.quant.cpu import needs_reduced_range
-from tierkit.quant.qat import STAGES, freeze_batch_norm, is_prepared, prepare_qat, qat_stage, set_qat_stage
+from tierkit.quant.qat import (
+    STAGES,
+    activation_quantizers,
+    freeze_batch_norm,
+    is_prepared,
+    prepare_qat,
+    qat_stage,
+    set_qat_stage,
+)
 from tierkit.utils.checkpointing import forget_best_checkpoints, rewrap_distributed
 
 log = logging.getLogger(__name__)
 
 
-def check_pruning_before_qat(callbacks: dict | None) -> None:
-    """Fail when the config is composed, not mid-training, if pruning would still run once QAT has started."""
+def check_qat_callback_schedule(callbacks: dict | None) -> None:
+    """Fail when the config is composed, not mid-training, if pruning would still run once QAT has started or
+    activation ranges would be frozen before they were observed."""
     pruning, qat = (callbacks or {}).get("pruning"), (callbacks or {}).get("qat")
+    if qat and qat.activations_epoch >= qat.freeze_epoch:
+        raise TierkitError(
+            f"QAT freezes activation ranges at epoch {qat.freeze_epoch}, not after they are first observed "
+            f"(epoch {qat.activations_epoch})",
+            where="callbacks.qat.freeze_epoch",
+            fix=f"set freeze_epoch to at least {qat.activations_epoch + 1}",
+        )
     if pruning and qat and pruning.end_epoch >= qat.start_epoch:
         raise TierkitError(
             f"pruning runs until epoch {pruning.end_epoch} but QAT starts at epoch {qat.start_epoch}",
             where="callbacks.pruning.end_epoch / callbacks.qat.start_epoch",
             fix="pruning must end before fake quantization starts: lower callbacks.pruning.end_epoch "
             "or raise callbacks.qat.start_epoch",
+        )
+
+
+def require_observed_ranges(student) -> None:
+    """Frozen activation quantizers must have seen data: a range never observed has nothing to export."""
+    unobserved = sum(not quantizer.initialised for quantizer in activation_quantizers(student))
+    if unobserved:
+        raise TierkitError(
+            f"QAT froze {unobserved} activation quantizer(s) that never observed a batch",
+            where="callbacks.qat (or quantization.qat.callback)",
+            fix="let at least one epoch pass between activations_epoch and freeze_epoch",
         )
 
 
@@ -52,6 +79,13 @@ class QuantizationAwareTraining(Callback):
                 f"{activations_epoch} <= freeze_epoch={freeze_epoch}",
                 where="callbacks.qat",
                 fix="e.g. start_epoch=10 activations_epoch=11 freeze_epoch=13",
+            )
+        if 0 < activations_epoch == freeze_epoch:
+            raise TierkitError(
+                f"activations_epoch={activations_epoch} equals freeze_epoch: activation ranges would be frozen "
+                "before any batch was observed, and the model could not be exported",
+                where="callbacks.qat",
+                fix=f"set freeze_epoch to at least {activations_epoch + 1}",
             )
         if not 0 < observer_momentum <= 1:
             raise TierkitError(
@@ -96,6 +130,8 @@ class QuantizationAwareTraining(Callback):
             rewrap_distributed(trainer)
         if is_prepared(pl_module.student) and qat_stage(pl_module.student) != stage:
             set_qat_stage(pl_module.student, stage)
+            if stage == "frozen":
+                require_observed_ranges(pl_module.student)
             # Accuracy before this switch measured a different model than the one that will ship.
             forget_best_checkpoints(trainer)
             self.history.append({"epoch": trainer.current_epoch, "stage": stage})

@@ -53,6 +53,13 @@ def check_qat_schedule(config: DictConfig) -> None:
             where="quantization.qat.epochs / quantization.qat.callback.activations_epoch",
             fix="raise quantization.qat.epochs above activations_epoch (the default schedule needs 4)",
         )
+    if config.qat.enabled and callback.activations_epoch >= callback.freeze_epoch:
+        raise TierkitError(
+            f"QAT freezes activation ranges at epoch {callback.freeze_epoch}, not after they are first observed "
+            f"(epoch {callback.activations_epoch})",
+            where="quantization.qat.callback.freeze_epoch",
+            fix=f"set freeze_epoch to at least {callback.activations_epoch + 1}",
+        )
 
 
 def run_qat(
