@@ -6,13 +6,17 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
+from tierkit.cli.export import Run, variant_files
+from tierkit.data import SyntheticDataModule
 from tierkit.errors import TierkitError
 from tierkit.export import export_onnx
 from tierkit.export.report import _pareto_front, plot_pareto, render_report
 from tierkit.export.tiers import choose_shipping
 from tierkit.export.verify import check_onnx
+from tierkit.models import SmallCNN
 from tierkit.models.checkpoint import load_student
 from tierkit.profile import HardwareSetting, load_settings
 from tierkit.profile.memory import peak_memory_mib
@@ -204,3 +208,40 @@ def test_an_invalid_onnx_file_is_refused_with_its_path(tmp_path, small_models):
     assert check_onnx(small_models["small"]) == small_models["small"]
     with pytest.raises(TierkitError, match=r"broken\.onnx is not a valid ONNX model"):
         check_onnx(broken)
+
+
+@pytest.mark.parametrize(
+    ("trained", "override", "expected"), [(False, None, False), (False, True, True), (None, None, True)]
+)
+def test_ptq_export_quantizes_weights_as_the_run_did_unless_told_otherwise(tmp_path, trained, override, expected):
+    """A run trained with quantization.per_channel=false targets a runtime without per-channel kernels; a run
+    from before the setting existed quantized per channel."""
+    shape = (1, 16, 16)
+    data = SyntheticDataModule(input_shape=list(shape), num_classes=4, mean=[0.5], std=[0.3], num_samples=64)
+    data.setup()
+    quantization = {} if trained is None else {"per_channel": trained}
+    run = Run(
+        tmp_path,
+        SmallCNN(shape, 4, width=0.5).eval(),
+        OmegaConf.create({"data": {"input_shape": list(shape)}, "quantization": quantization}),
+    )
+    cfg = OmegaConf.create(
+        {
+            "checkpoint": "best",
+            "max_logit_difference": 1e-3,
+            "precisions": ["fp32", "int8"],
+            "calibration": {"samples": 32, "batch_size": 16, "method": "minmax", "seed": 0},
+            "reduce_range": False,
+            "per_channel": override,
+        }
+    )
+    paths, facts = variant_files(run, run.student, cfg, tmp_path / "out", data)
+    assert facts["int8"]["per_channel"] is expected
+    graph = onnx.load(str(paths["int8"])).graph
+    initializers = {init.name: init for init in graph.initializer}
+    weight_scales = [
+        initializers[node.input[1]]
+        for node in graph.node
+        if node.op_type == "DequantizeLinear" and len(initializers.get(node.input[0], onnx.TensorProto()).dims) == 4
+    ]
+    assert weight_scales and all(len(scale.dims) == (1 if expected else 0) for scale in weight_scales)

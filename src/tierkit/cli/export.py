@@ -142,17 +142,30 @@ def variant_files(
         paths["fp16"] = convert_fp16(paths["fp32"], target / "fp16.onnx")
     if "int8" in cfg.precisions and qat_student is not None:
         paths["int8"] = export_qat_onnx(qat_student, target / "int8.onnx", shape)
-        facts["int8"] = {"int8_method": "qat", "reduce_range": qat_settings(qat_student)["reduce_range"]}
+        settings = qat_settings(qat_student)
+        facts["int8"] = {
+            "int8_method": "qat",
+            "reduce_range": settings["reduce_range"],
+            "per_channel": settings["per_channel"],
+        }
     elif "int8" in cfg.precisions:
         calibration = cfg.calibration
         reduce_range = needs_reduced_range() if cfg.reduce_range is None else bool(cfg.reduce_range)
+        per_channel = run_per_channel(run.config) if cfg.per_channel is None else bool(cfg.per_channel)
         samples = calibration_samples(datamodule, calibration.samples, calibration.batch_size, calibration.seed)
         paths["int8"] = quantize_int8(
-            paths["fp32"], target / "int8.onnx", samples, calibration.batch_size, calibration.method, reduce_range
+            paths["fp32"],
+            target / "int8.onnx",
+            samples,
+            calibration.batch_size,
+            calibration.method,
+            reduce_range,
+            per_channel=per_channel,
         )
         facts["int8"] = {
             "int8_method": "ptq",
             "reduce_range": reduce_range,
+            "per_channel": per_channel,
             "calibration": {
                 **OmegaConf.to_container(calibration),
                 "sha256": sha256_of_array(samples),
@@ -163,6 +176,11 @@ def variant_files(
     for path in paths.values():
         check_onnx(path)
     return paths, facts
+
+
+def run_per_channel(config: DictConfig) -> bool:
+    """Whether the run quantized weights per channel; runs from before the setting existed did."""
+    return bool(OmegaConf.select(config, "quantization.per_channel", default=True))
 
 
 def sha256_of_array(samples: np.ndarray) -> str:

@@ -148,7 +148,11 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     if quantization:  # keep the grids and batch-norm statistics the source run froze
-        callbacks.append(QuantizationAwareTraining(0, 0, 0, reduce_range=quantization["reduce_range"]))
+        callbacks.append(
+            QuantizationAwareTraining(
+                0, 0, 0, reduce_range=quantization["reduce_range"], per_channel=quantization["per_channel"]
+            )
+        )
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, where="trainer", callbacks=callbacks, logger=loggers)
     for logger in trainer.loggers:
