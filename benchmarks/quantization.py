@@ -1,12 +1,18 @@
 """FP32 vs FP16 vs INT8 (post-training and quantization-aware) in ONNX Runtime: size, test accuracy and
 batch-1 single-thread latency, for the default teacher and a freshly trained student per tier, plus one run
-whose INT8 budget forces escalation from post-training quantization to QAT.
+whose INT8 budget forces quantization-aware training, so that QAT is measured next to post-training INT8.
 
-    python benchmarks/quantization.py [--escalation OVERRIDE ...]
+    python benchmarks/quantization.py [--qat-run OVERRIDE ...]
 
-Trains 4 students (about 10 minutes on 2 cores). Writes benchmarks/results/quantization.{json,md}.
-PTQ loses almost nothing on mnist5k, so the escalation run asks for what it cannot give: by default a
-MobileNetV2 student with percentile calibration and a zero-loss INT8 budget.
+Trains 4 students (about 10 minutes on 2 cores). Writes benchmarks/results/quantization.{json,md} and checks
+the INT8 targets: at most 0.3x the FP32 file and at most 0.5 points lost on test, and on the teacher at
+least 1.8x faster than FP32.
+
+Post-training INT8 lost at most 0.6 validation points (3 of 500 images) in every setting tried: per-channel or
+per-tensor weights, 8- or 7-bit, MinMax/percentile/entropy calibration on 4 to 512 images; SmallCNN students
+of 2k to 43k parameters, MobileNetV2 pruned and unpruned, an MLP; mnist5k, digits, and mnist5k through a heavy
+camera shift (90% accurate). No budget above that noise makes a run escalate, so the QAT run sets a budget no
+INT8 model can meet (-1): a MobileNetV2 student with one weight scale per tensor.
 """
 
 import argparse
@@ -30,12 +36,12 @@ from machine import describe, save_results
 from runs import train_with
 
 TIERS = ("highend", "midrange", "lowend")
-ESCALATION = (
+FORCED_QAT = (
     "tier=lowend",
     "model.student._target_=tierkit.models.MobileNetV2",
     "~model.student.base_channels",
-    "quantization.calibration.method=percentile",
-    "quantization.max_accuracy_drop=0.0",
+    "quantization.per_channel=false",
+    "quantization.max_accuracy_drop=-1",
 )
 FILES = {"fp32": "fp32.onnx", "fp16": "fp16.onnx", "int8 PTQ": "int8_ptq.onnx", "int8 QAT": "int8_qat.onnx"}
 
@@ -55,9 +61,25 @@ def teacher_files(scratch: Path) -> tuple[dict[str, Path], object]:
     return files, datamodule
 
 
+MAX_SIZE_RATIO, MAX_DROP_POINTS, TEACHER_MIN_SPEEDUP = 0.3, 0.5, 1.8
+
+
+def target_line(row: dict, fp32: dict) -> str:
+    """One INT8 file against the issue's targets: size and accuracy for every model, speed for the teacher."""
+    size = row["bytes"] / fp32["bytes"]
+    # Rounded: accuracies are image counts over the split, and 0.986 - 0.981 is 0.5 points, not a hair above.
+    drop = round(100 * (fp32["onnx_test_acc"] - row["onnx_test_acc"]), 6)
+    checks = [f"size {size:.3f}x {'PASS' if size <= MAX_SIZE_RATIO else 'MISS'}"]
+    checks.append(f"drop {drop:+.2f} points {'PASS' if drop <= MAX_DROP_POINTS else 'MISS'}")
+    if row["model"] == "teacher":
+        speedup = fp32["latency_ms_p50"] / row["latency_ms_p50"]
+        checks.append(f"{speedup:.2f}x faster {'PASS' if speedup >= TEACHER_MIN_SPEEDUP else 'MISS'}")
+    return f"- {row['model']}, {row['precision']}: " + " · ".join(checks)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--escalation", nargs="*", default=list(ESCALATION), help="overrides of the escalation run")
+    parser.add_argument("--qat-run", nargs="*", default=list(FORCED_QAT), help="overrides of the forced QAT run")
     args = parser.parse_args()
     silence_known_noise()
     print(describe(), flush=True)
@@ -67,7 +89,7 @@ def main() -> None:
         files, datamodule = teacher_files(scratch / "teacher")
         models = [("teacher", files, None)]
         runs = [(f"{tier} student", [f"tier={tier}"]) for tier in TIERS]
-        runs.append(("escalation run", args.escalation))
+        runs.append(("forced QAT run", args.qat_run))
         for index, (name, overrides) in enumerate(runs):
             print(f"training {name}", flush=True)
             metrics = train_with(overrides, scratch / f"run{index}")
@@ -97,8 +119,8 @@ def main() -> None:
         row["latency_ms_p50"] = statistics.median(samples[(row["model"], row["precision"])])
     reference = {r["model"]: r for r in rows if r["precision"] == "fp32"}
     command = "python benchmarks/quantization.py"
-    if args.escalation != list(ESCALATION):
-        command += " --escalation " + " ".join(args.escalation)
+    if args.qat_run != list(FORCED_QAT):
+        command += " --qat-run " + " ".join(args.qat_run)
     lines = [
         f"Machine: {describe()}",
         f"Command: {command}",
@@ -117,15 +139,18 @@ def main() -> None:
             f"| {row['latency_ms_p50']:.4f} | {row['latency_ms_p50'] / base['latency_ms_p50']:.2f}x "
             f"| {row['float_compute_ops']} |"
         )
-    lines += ["", f"Escalation run: `python train.py {' '.join(args.escalation)}`", ""]
+    lines += ["", "INT8 targets (each INT8 file against its own FP32 file):", ""]
+    lines += [target_line(row, reference[row["model"]]) for row in rows if row["precision"].startswith("int8")]
+    lines += ["", f"Forced QAT run: `python train.py {' '.join(args.qat_run)}`", ""]
     lines += ["Which INT8 path each training run shipped:", ""]
     lines += [f"- {d['model']}: **{str(d['path']).upper()}**: {d['reason']}" for d in decisions]
     lines += [
         "",
         "Students: `python train.py tier=<tier>` (default data mnist5k, seed 42). INT8 PTQ: ONNX Runtime static "
-        "quantization, QDQ, per-channel int8 weights, uint8 activations, MinMax calibration on 512 training "
-        "images. INT8 QAT: tierkit's QDQ export after quantization-aware training (only where PTQ missed the "
-        "budget). Latency: median of interleaved runs at batch 1 on one thread after warm-up; below 1.00x is "
+        "quantization, QDQ, per-channel int8 weights (per-tensor in the forced QAT run), uint8 activations, float "
+        "biases that ONNX Runtime quantizes when it loads the file, MinMax calibration on 512 training images. "
+        "INT8 QAT: tierkit's QDQ export after quantization-aware training (only where PTQ missed the budget). "
+        "Latency: median of interleaved runs at batch 1 on one thread after warm-up; below 1.00x is "
         "faster than FP32.",
     ]
     save_results("quantization", {"rows": rows, "decisions": decisions}, lines)

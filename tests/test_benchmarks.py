@@ -105,3 +105,15 @@ def test_quick_memory_records_every_epoch(tmp_path):
     assert "| RSS at the end of warm-up (epoch 2) |" in table and f"Verdict: **{payload['verdict']}**" in table
     assert payload["verdict"] in result.stdout
     assert (tmp_path / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quantization_targets_pass_and_miss_at_their_limits(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from quantization import target_line
+
+    fp32 = {"bytes": 1000, "onnx_test_acc": 0.986, "latency_ms_p50": 0.5}
+    small = {"model": "teacher", "precision": "int8 PTQ", "bytes": 300, "onnx_test_acc": 0.981, "latency_ms_p50": 0.25}
+    assert target_line(small, fp32).count("PASS") == 3
+    large = {**small, "model": "lowend student", "bytes": 301, "onnx_test_acc": 0.980, "latency_ms_p50": 0.6}
+    line = target_line(large, fp32)
+    assert "size 0.301x MISS" in line and "drop +0.60 points MISS" in line and "faster" not in line
