@@ -69,7 +69,7 @@ def target_line(row: dict, fp32: dict) -> str:
     size = row["bytes"] / fp32["bytes"]
     # Rounded: accuracies are image counts over the split, and 0.986 - 0.981 is 0.5 points, not a hair above.
     drop = round(100 * (fp32["onnx_test_acc"] - row["onnx_test_acc"]), 6)
-    checks = [f"size {size:.3f}x {'PASS' if size <= MAX_SIZE_RATIO else 'MISS'}"]
+    checks = [f"size {size:.4f}x {'PASS' if size <= MAX_SIZE_RATIO else 'MISS'}"]
     checks.append(f"drop {drop:+.2f} points {'PASS' if drop <= MAX_DROP_POINTS else 'MISS'}")
     if row["model"] == "teacher":
         speedup = fp32["latency_ms_p50"] / row["latency_ms_p50"]

@@ -116,4 +116,4 @@ def test_quantization_targets_pass_and_miss_at_their_limits(monkeypatch):
     assert target_line(small, fp32).count("PASS") == 3
     large = {**small, "model": "lowend student", "bytes": 301, "onnx_test_acc": 0.980, "latency_ms_p50": 0.6}
     line = target_line(large, fp32)
-    assert "size 0.301x MISS" in line and "drop +0.60 points MISS" in line and "faster" not in line
+    assert "size 0.3010x MISS" in line and "drop +0.60 points MISS" in line and "faster" not in line
