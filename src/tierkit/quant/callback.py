@@ -27,19 +27,25 @@ def check_qat_callback_schedule(callbacks: dict | None) -> None:
     """Fail when the config is composed, not mid-training, if pruning would still run once QAT has started or
     activation ranges would be frozen before they were observed."""
     pruning, qat = (callbacks or {}).get("pruning"), (callbacks or {}).get("qat")
-    if qat and qat.activations_epoch >= qat.freeze_epoch:
-        raise TierkitError(
-            f"QAT freezes activation ranges at epoch {qat.freeze_epoch}, not after they are first observed "
-            f"(epoch {qat.activations_epoch})",
-            where="callbacks.qat.freeze_epoch",
-            fix=f"set freeze_epoch to at least {qat.activations_epoch + 1}",
-        )
+    if qat:
+        check_freeze_after_activations(qat, where="callbacks.qat.freeze_epoch")
     if pruning and qat and pruning.end_epoch >= qat.start_epoch:
         raise TierkitError(
             f"pruning runs until epoch {pruning.end_epoch} but QAT starts at epoch {qat.start_epoch}",
             where="callbacks.pruning.end_epoch / callbacks.qat.start_epoch",
             fix="pruning must end before fake quantization starts: lower callbacks.pruning.end_epoch "
             "or raise callbacks.qat.start_epoch",
+        )
+
+
+def check_freeze_after_activations(schedule, where: str) -> None:
+    """Activation ranges are observed from ``activations_epoch``; freezing them then or earlier leaves none."""
+    if schedule.activations_epoch >= schedule.freeze_epoch:
+        raise TierkitError(
+            f"QAT freezes activation ranges at epoch {schedule.freeze_epoch}, not after they are first observed "
+            f"(epoch {schedule.activations_epoch})",
+            where=where,
+            fix=f"set freeze_epoch to at least {schedule.activations_epoch + 1}",
         )
 
 

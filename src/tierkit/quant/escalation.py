@@ -22,7 +22,7 @@ from tierkit.export.verify import float_compute_ops
 from tierkit.models.checkpoint import load_student
 from tierkit.profile import ort_session
 from tierkit.prune import StructuredPruning
-from tierkit.quant.callback import QuantizationAwareTraining
+from tierkit.quant.callback import QuantizationAwareTraining, check_freeze_after_activations
 from tierkit.quant.cpu import needs_reduced_range
 from tierkit.quant.ptq import calibration_samples, convert_fp16, quantize_int8
 from tierkit.quant.qat import is_prepared
@@ -53,13 +53,8 @@ def check_qat_schedule(config: DictConfig) -> None:
             where="quantization.qat.epochs / quantization.qat.callback.activations_epoch",
             fix="raise quantization.qat.epochs above activations_epoch (the default schedule needs 4)",
         )
-    if config.qat.enabled and callback.activations_epoch >= callback.freeze_epoch:
-        raise TierkitError(
-            f"QAT freezes activation ranges at epoch {callback.freeze_epoch}, not after they are first observed "
-            f"(epoch {callback.activations_epoch})",
-            where="quantization.qat.callback.freeze_epoch",
-            fix=f"set freeze_epoch to at least {callback.activations_epoch + 1}",
-        )
+    if config.qat.enabled:
+        check_freeze_after_activations(callback, where="quantization.qat.callback.freeze_epoch")
 
 
 def run_qat(
