@@ -10,7 +10,7 @@ from tierkit.export.verify import float_compute_ops
 from tierkit.models import MLP, MobileNetV2, SmallCNN
 from tierkit.profile import ort_session
 from tierkit.quant import calibration_samples, convert_fp16, quantize_int8
-from tierkit.quant.cpu import needs_reduced_range
+from tierkit.runtime.cpu import needs_reduced_range
 
 SHAPE = (1, 16, 16)
 

@@ -8,7 +8,6 @@ from lightning import Callback
 
 from tierkit.errors import TierkitError
 from tierkit.prune import StructuredPruning
-from tierkit.quant.cpu import needs_reduced_range
 from tierkit.quant.qat import (
     STAGES,
     activation_quantizers,
@@ -18,6 +17,7 @@ from tierkit.quant.qat import (
     qat_stage,
     set_qat_stage,
 )
+from tierkit.runtime.cpu import needs_reduced_range
 from tierkit.utils.checkpointing import forget_best_checkpoints, rewrap_distributed
 
 log = logging.getLogger(__name__)

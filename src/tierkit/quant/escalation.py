@@ -23,10 +23,10 @@ from tierkit.models.checkpoint import load_student
 from tierkit.profile import ort_session
 from tierkit.prune import StructuredPruning
 from tierkit.quant.callback import QuantizationAwareTraining, check_freeze_after_activations
-from tierkit.quant.cpu import needs_reduced_range
 from tierkit.quant.ptq import calibration_samples, convert_fp16, quantize_int8
 from tierkit.quant.qat import is_prepared
 from tierkit.quant.qdq import export_qat_onnx
+from tierkit.runtime.cpu import needs_reduced_range
 from tierkit.utils.instantiate import instantiate, instantiate_callbacks
 from tierkit.utils.slurm import single_process_plugins
 

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 
 import onnxruntime as ort
 
+from tierkit.runtime.cpu import cpu_flags
+
 _FIELDS = ("cores", "memory_mib", "cpu_model", "cpu_flags", "providers")
 
 
@@ -80,7 +82,7 @@ def _memory_mib() -> int:
 
 
 def _cpu() -> tuple[str, list[str]]:
-    """CPU model and feature flags from /proc/cpuinfo (x86 'model name'/'flags', ARM 'Hardware'/'Features')."""
+    """CPU model from /proc/cpuinfo (x86 'model name', ARM 'Hardware') and the feature flags ``cpu_flags`` reads."""
     info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
@@ -91,8 +93,7 @@ def _cpu() -> tuple[str, list[str]]:
     except OSError:
         pass
     model = info.get("model name") or info.get("hardware") or info.get("model") or platform.processor()
-    flags = (info.get("flags") or info.get("features") or "").split()
-    return model or platform.machine() or "unknown", sorted(set(flags))
+    return model or platform.machine() or "unknown", sorted(cpu_flags())
 
 
 def detect_device() -> DeviceInfo:
