@@ -9,10 +9,11 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from tierkit.cli.export import Run, variant_files
+from tierkit.cli.export import Run, int8_weight_bits, variant_files
 from tierkit.data import SyntheticDataModule
 from tierkit.errors import TierkitError
 from tierkit.export import export_onnx
+from tierkit.export.cpu_classes import int8_cpu_facts
 from tierkit.export.report import _pareto_front, plot_pareto, render_report
 from tierkit.export.tiers import choose_shipping
 from tierkit.export.verify import check_onnx
@@ -70,6 +71,25 @@ def test_the_fastest_variant_within_every_budget_ships_even_if_it_is_fp32():
     assert all(v["checks"] == {"accuracy": True, "size": True, "latency": True} for v in (fp32, fp16, int8))
     assert "fastest of 3" in fp32["why"] and "0.0500 ms" in fp32["why"], "the budget hardware's best row counts"
     assert "lowend-fp32 is faster" in int8["why"]
+
+
+def test_full_range_int8_ships_only_where_it_is_exact_and_the_7_bit_file_stands_in():
+    fp32 = _variant("fp32", 0.985, 40, 0.05)
+    full = {**_variant("int8", 0.985, 15, 0.02), "cpu_classes": ["x86_vnni", "arm"], "weight_bits": 8}
+    reduced = {**_variant("int8", 0.984, 15, 0.021), "name": "lowend-int8-w7", "weight_bits": 7}
+    reduced["cpu_classes"] = ["x86_vnni", "x86_no_vnni", "arm"]
+    choose_shipping([fp32, full, reduced], reference_accuracy=0.986)
+    assert full["ships"] and full["ships_for"] == ["x86_vnni", "arm"]
+    assert not reduced["ships"] and reduced["ships_for"] == ["x86_no_vnni", "unknown_cpu"]
+    assert fp32["ships_for"] == [] and "lowend-int8 is faster" in fp32["why"]
+    assert "ships for x86 without VNNI" in reduced["why"] and "8-bit INT8 weights saturate" in reduced["why"]
+
+
+def test_without_an_exact_int8_file_cpus_without_vnni_get_the_fastest_float_variant():
+    fp32 = _variant("fp32", 0.985, 40, 0.05)
+    full = {**_variant("int8", 0.985, 15, 0.02), "cpu_classes": ["x86_vnni", "arm"]}
+    choose_shipping([fp32, full], reference_accuracy=0.986)
+    assert full["ships_for"] == ["x86_vnni", "arm"] and fp32["ships_for"] == ["x86_no_vnni", "unknown_cpu"]
 
 
 def test_variants_over_budget_or_not_allowed_do_not_ship_and_say_why():
@@ -231,7 +251,7 @@ def test_ptq_export_quantizes_weights_as_the_run_did_unless_told_otherwise(tmp_p
             "max_logit_difference": 1e-3,
             "precisions": ["fp32", "int8"],
             "calibration": {"samples": 32, "batch_size": 16, "method": "minmax", "seed": 0},
-            "reduce_range": False,
+            "int8_weight_bits": [8],
             "per_channel": override,
         }
     )
@@ -245,3 +265,55 @@ def test_ptq_export_quantizes_weights_as_the_run_did_unless_told_otherwise(tmp_p
         if node.op_type == "DequantizeLinear" and len(initializers.get(node.input[0], onnx.TensorProto()).dims) == 4
     ]
     assert weight_scales and all(len(scale.dims) == (1 if expected else 0) for scale in weight_scales)
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"int8_weight_bits": [8, 7]}, [8, 7]),
+        ({"int8_weight_bits": [7]}, [7]),
+        ({"int8_weight_bits": [8, 7], "reduce_range": True}, [7]),
+        ({"int8_weight_bits": [8, 7], "reduce_range": False}, [8]),
+    ],
+)
+def test_int8_weight_ranges_and_the_deprecated_reduce_range(settings, expected, caplog):
+    assert int8_weight_bits(OmegaConf.create({"reduce_range": None, **settings})) == expected
+    assert ("reduce_range is deprecated" in caplog.text) == ("reduce_range" in settings)
+
+
+@pytest.mark.parametrize("bits", [[], [8, 8], [4], [8, 16]])
+def test_unknown_int8_weight_ranges_are_refused(bits):
+    with pytest.raises(TierkitError, match=r"int8_weight_bits must list 8, 7 or both"):
+        int8_weight_bits(OmegaConf.create({"reduce_range": None, "int8_weight_bits": bits}))
+
+
+def test_export_writes_both_weight_ranges_with_their_cpu_facts(tmp_path):
+    """Both INT8 files of a run: the 7-bit one exact on every CPU class, the full-range one on two, and the
+    full-range file's accuracy on x86 without VNNI emulated (or measured, on such a CPU)."""
+    shape = (1, 16, 16)
+    data = SyntheticDataModule(input_shape=list(shape), num_classes=4, mean=[0.5], std=[0.3], num_samples=64)
+    data.setup()
+    torch.manual_seed(0)
+    run = Run(tmp_path, SmallCNN(shape, 4, width=0.5).eval(), OmegaConf.create({"data": {"input_shape": list(shape)}}))
+    cfg = OmegaConf.create(
+        {
+            "checkpoint": "best",
+            "max_logit_difference": 1e-3,
+            "precisions": ["fp32", "int8"],
+            "calibration": {"samples": 32, "batch_size": 16, "method": "minmax", "seed": 0},
+            "int8_weight_bits": [8, 7],
+            "reduce_range": None,
+            "per_channel": None,
+        }
+    )
+    paths, facts = variant_files(run, run.student, cfg, tmp_path / "out", data)
+    assert set(paths) == {"fp32", "int8", "int8_w7"}
+    assert [facts["int8"]["reduce_range"], facts["int8_w7"]["reduce_range"]] == [False, True]
+    full = int8_cpu_facts(paths["int8"], data, 0.5)
+    reduced = int8_cpu_facts(paths["int8_w7"], data, 0.5)
+    assert (full["weight_bits"], reduced["weight_bits"]) == (8, 7)
+    assert full["cpu_classes"] == ["x86_vnni", "arm"]
+    assert reduced["cpu_classes"] == ["x86_vnni", "x86_no_vnni", "arm"]
+    assert {f["how"] for f in reduced["accuracy_by_cpu"].values()} == {"onnxruntime"}
+    hows = {c: f["how"] for c, f in full["accuracy_by_cpu"].items()}
+    assert hows["x86_vnni"] == hows["arm"] != hows["x86_no_vnni"]  # one measured here, the other emulated

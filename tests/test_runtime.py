@@ -21,6 +21,7 @@ from tierkit.runtime import (
     sha256_of,
     validate_manifest,
 )
+from tierkit.runtime.cpu import CPU_CLASSES, SHIPPING_TARGETS, X86_NO_VNNI
 
 SHAPE = [1, 4, 4]
 CLASSES = 3
@@ -102,6 +103,10 @@ def export(tmp_path) -> Path:
                 "macs": 16 * CLASSES,
                 "peak_memory_mib": peak,
                 "ships": ships,
+                "ships_for": list(SHIPPING_TARGETS) if ships else [],
+                # The lowend INT8 file has 7-bit weights: exact on every CPU class.
+                "cpu_classes": list(CPU_CLASSES),
+                **({"weight_bits": 7, "reduce_range": True} if precision == "int8" else {}),
                 "why": "meets its tier's budgets" if ships else "highend-fp32 is more accurate",
                 "budgets": {"max_accuracy_drop": 0.05, "max_size_kib": 64.0, "max_latency_ms": 5.0},
                 "checks": {"accuracy": True, "size": True, "latency": True},
@@ -171,6 +176,7 @@ def _version(m):
 
 def _two_ship(m):
     m["variants"][1]["ships"] = True
+    m["variants"][1]["ships_for"] = ["arm"]
 
 
 def _cuda_setting(m):
@@ -368,3 +374,74 @@ def test_runtime_imports_no_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+AVX2_ONLY = ["sse4_2", "avx", "avx2", "fma"]
+VNNI = [*AVX2_ONLY, "avx512f", "avx512_vnni"]
+
+
+def _with_full_range_int8(export: Path) -> Path:
+    """The fixture's lowend tier as export writes it now: a faster full-range INT8 file ships on x86 with VNNI
+    and ARM, and the 7-bit file stands in on x86 without VNNI and on devices that do not say their CPU."""
+    manifest = json.loads(export.read_text())
+    reduced = next(v for v in manifest["variants"] if v["name"] == "lowend-int8")
+    full = {**reduced, "name": "lowend-int8-full", "file": "lowend/int8_full.onnx", "weight_bits": 8}
+    _write_model(export.parent / full["file"], 5)
+    full.update(
+        sha256=sha256_of(export.parent / full["file"]),
+        cpu_classes=["x86_vnni", "arm"],
+        ships_for=["x86_vnni", "arm"],
+        reduce_range=False,
+        latency=[{**reduced["latency"][0], "p50_ms": 0.5}],
+    )
+    reduced.update(ships=False, ships_for=["x86_no_vnni", "unknown_cpu"], why="lowend-int8-full is faster")
+    manifest["variants"].append(full)
+    export.write_text(json.dumps(manifest))
+    return export
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (AVX2_ONLY, "lowend-int8"),
+        (None, "lowend-int8"),
+        (VNNI, "lowend-int8-full"),
+        (["fp", "asimd"], "lowend-int8-full"),
+    ],
+    ids=["avx2-only", "no-flags", "vnni", "arm"],
+)
+def test_a_cpu_without_vnni_never_gets_full_range_int8(export, flags, expected):
+    manifest = load_manifest(_with_full_range_int8(export))
+    device = {"cores": 1, "memory_mib": 1024, **({"cpu_flags": flags} if flags is not None else {})}
+    selection = select_variant(manifest, DeviceInfo.from_dict(device))
+    assert selection.variant["name"] == expected
+    if expected == "lowend-int8":
+        assert "stands in for lowend-int8-full" in selection.reason
+        rejected = dict(selection.rejected)["lowend-int8-full"]
+        assert "8-bit INT8 weights saturate on x86 without VNNI" in rejected
+
+
+def test_a_manifest_without_cpu_classes_keeps_full_range_int8_off_cpus_without_vnni(export):
+    """Manifests from before CPU classes were recorded: an INT8 file counts as 7-bit only with reduce_range."""
+    manifest = json.loads(export.read_text())
+    for variant in manifest["variants"]:
+        for key in ("ships_for", "cpu_classes", "weight_bits"):
+            variant.pop(key, None)
+    avx2_phone = DeviceInfo.from_dict({"cores": 1, "memory_mib": 1024, "cpu_flags": AVX2_ONLY})
+    assert select_variant(manifest, avx2_phone).variant["name"] == "lowend-int8"
+    lowend = next(v for v in manifest["variants"] if v["name"] == "lowend-int8")
+    lowend["reduce_range"] = False
+    with pytest.raises(NoVariantFits, match="lowend-int8: ships, but not for x86 without VNNI"):
+        select_variant(manifest, avx2_phone)
+    vnni_phone = DeviceInfo.from_dict({"cores": 1, "memory_mib": 1024, "cpu_flags": VNNI})
+    assert select_variant(manifest, vnni_phone).variant["name"] == "lowend-int8"
+
+
+def test_each_cpu_class_has_one_pick_per_tier(export):
+    manifest = json.loads(_with_full_range_int8(export).read_text())
+    manifest["variants"][-1]["ships_for"].append(X86_NO_VNNI)
+    with pytest.raises(ManifestError, match=r"ships_for names 'x86_no_vnni', which variants\[3\] already ships for"):
+        validate_manifest(manifest, str(export))
+    manifest["variants"][-1]["ships_for"] = ["x86_vnni", "risc-v"]
+    with pytest.raises(ManifestError, match=r"ships_for\[1\] must be one of"):
+        validate_manifest(manifest, str(export))

@@ -25,6 +25,7 @@ import tierkit.utils.resolvers  # noqa: F401  (registers the config resolvers)
 from tierkit.distill.teacher import find_run_teacher, load_teacher
 from tierkit.errors import TierkitError
 from tierkit.export import export_onnx, max_output_difference, onnx_accuracy
+from tierkit.export.cpu_classes import float_cpu_facts, int8_cpu_facts
 from tierkit.export.manifest import complete_manifest, provenance
 from tierkit.export.report import write_report
 from tierkit.export.tiers import PRECISIONS, budget_latency, choose_shipping
@@ -35,10 +36,10 @@ from tierkit.profile.memory import peak_memory_mib
 from tierkit.profile.operators import operator_profile
 from tierkit.profile.variants import fastest, profile_models
 from tierkit.quant import calibration_samples, convert_fp16, quantize_int8
-from tierkit.quant.cpu import needs_reduced_range
 from tierkit.quant.qat import float_copy, is_prepared, qat_settings
 from tierkit.quant.qdq import export_qat_onnx
 from tierkit.runtime import sha256_of
+from tierkit.runtime.cpu import REDUCED_WEIGHT_BITS, TARGET_NAMES
 from tierkit.tracking import log_export, runs_group
 from tierkit.utils.files import write_json
 from tierkit.utils.instantiate import instantiate
@@ -120,12 +121,39 @@ def check_precisions(cfg: DictConfig) -> None:
         )
 
 
+def int8_weight_bits(cfg: DictConfig) -> list[int]:
+    """The INT8 weight ranges to export: ``int8_weight_bits``, or the one the deprecated ``reduce_range`` names."""
+    if cfg.get("reduce_range") is not None:
+        bits = [REDUCED_WEIGHT_BITS if cfg.reduce_range else 8]
+        log.warning(
+            "export's reduce_range is deprecated and will be removed: use int8_weight_bits=%s (default [8,7]: "
+            "both ranges, so x86 CPUs without VNNI get an exact file)",
+            bits,
+        )
+        return bits
+    bits = list(cfg.int8_weight_bits)
+    if not bits or len(set(bits)) != len(bits) or not set(bits) <= {8, REDUCED_WEIGHT_BITS}:
+        raise TierkitError(
+            f"int8_weight_bits must list 8, 7 or both, once each; got {bits}",
+            where="int8_weight_bits",
+            fix="use int8_weight_bits=[8,7] (both), [8] (full range) or [7] (exact on x86 without VNNI)",
+        )
+    return bits
+
+
+def int8_key(bits: int) -> str:
+    """The variant key of an INT8 file: 'int8' for full-range weights, 'int8_w7' for 7-bit ones."""
+    return "int8" if bits == 8 else f"int8_w{bits}"
+
+
 def variant_files(
     run: Run, student: nn.Module, cfg: DictConfig, target: Path, datamodule
 ) -> tuple[dict[str, Path], dict[str, dict]]:
-    """Write the run's FP32 (and FP16) files from the float ``student``, and its INT8 file.
+    """Write the run's FP32 (and FP16) files from the float ``student``, and one INT8 file per weight range.
 
-    The second value holds per-precision facts worth recording.
+    Keys are variant keys (fp32, fp16, int8, int8_w7); the second value holds per-file facts worth recording.
+    A run whose QAT model shipped exports that model in the range it was trained in; another range it is asked
+    for comes from post-training quantization of its float student.
     """
     qat_student = shipped_qat_student(run.folder, run.student, cfg.checkpoint)
     shape = tuple(run.config.data.input_shape)
@@ -140,39 +168,40 @@ def variant_files(
     facts: dict[str, dict] = {"fp32": {"max_logit_difference": difference}, "fp16": {}}
     if "fp16" in cfg.precisions:
         paths["fp16"] = convert_fp16(paths["fp32"], target / "fp16.onnx")
-    if "int8" in cfg.precisions and qat_student is not None:
-        paths["int8"] = export_qat_onnx(qat_student, target / "int8.onnx", shape)
-        settings = qat_settings(qat_student)
-        facts["int8"] = {
-            "int8_method": "qat",
-            "reduce_range": settings["reduce_range"],
-            "per_channel": settings["per_channel"],
-        }
-    elif "int8" in cfg.precisions:
-        calibration = cfg.calibration
-        reduce_range = needs_reduced_range() if cfg.reduce_range is None else bool(cfg.reduce_range)
+    if "int8" in cfg.precisions:
+        qat_bits = None
+        if qat_student is not None:
+            settings = qat_settings(qat_student)
+            qat_bits = REDUCED_WEIGHT_BITS if settings["reduce_range"] else 8
         per_channel = run_per_channel(run.config) if cfg.per_channel is None else bool(cfg.per_channel)
-        samples = calibration_samples(datamodule, calibration.samples, calibration.batch_size, calibration.seed)
-        paths["int8"] = quantize_int8(
-            paths["fp32"],
-            target / "int8.onnx",
-            samples,
-            calibration.batch_size,
-            calibration.method,
-            reduce_range,
-            per_channel=per_channel,
-        )
-        facts["int8"] = {
-            "int8_method": "ptq",
-            "reduce_range": reduce_range,
-            "per_channel": per_channel,
-            "calibration": {
-                **OmegaConf.to_container(calibration),
-                "sha256": sha256_of_array(samples),
-            },
-        }
-    if "int8" in paths:
-        facts["int8"]["float_compute_ops"] = float_compute_ops(paths["int8"])
+        samples = None
+        for bits in int8_weight_bits(cfg):
+            key = int8_key(bits)
+            if bits == qat_bits:
+                paths[key] = export_qat_onnx(qat_student, target / f"{key}.onnx", shape)
+                facts[key] = {"int8_method": "qat", "reduce_range": bits < 8, "per_channel": settings["per_channel"]}
+                continue
+            calibration = cfg.calibration
+            if samples is None:
+                samples = calibration_samples(datamodule, calibration.samples, calibration.batch_size, calibration.seed)
+            paths[key] = quantize_int8(
+                paths["fp32"],
+                target / f"{key}.onnx",
+                samples,
+                calibration.batch_size,
+                calibration.method,
+                bits < 8,
+                per_channel=per_channel,
+            )
+            facts[key] = {
+                "int8_method": "ptq",
+                "reduce_range": bits < 8,
+                "per_channel": per_channel,
+                "calibration": {**OmegaConf.to_container(calibration), "sha256": sha256_of_array(samples)},
+            }
+        for key in facts:
+            if key.startswith("int8"):
+                facts[key]["float_compute_ops"] = float_compute_ops(paths[key])
     for path in paths.values():
         check_onnx(path)
     return paths, facts
@@ -201,7 +230,7 @@ def describe_file(path: Path, out: Path, datamodule, stats: dict[str, int]) -> d
 
 
 def export_variants(run: Run, cfg: DictConfig, out: Path, folder_name: str) -> list[dict]:
-    """Every precision of one run as manifest variants (measurements other than accuracy come later)."""
+    """Every file of one run as manifest variants (measurements other than accuracy come later)."""
     config = run.config
     tier = config.tier
     datamodule = instantiate(config.data, where=f"{run.folder} data config")
@@ -209,22 +238,28 @@ def export_variants(run: Run, cfg: DictConfig, out: Path, folder_name: str) -> l
     paths, facts = variant_files(run, student, cfg, out / folder_name, datamodule)
     stats = model_stats(student, config.data.input_shape)
     variants = []
-    for precision in PRECISIONS:
-        if precision not in paths or precision not in cfg.precisions:
+    for key, path in paths.items():
+        precision = "int8" if key.startswith("int8") else key
+        if precision not in cfg.precisions:
             continue
+        described = describe_file(path, out, datamodule, stats)
+        if precision == "int8":
+            described.update(int8_cpu_facts(path, datamodule, described["accuracy"]))
+        else:
+            described.update(float_cpu_facts(described["accuracy"]))
         variants.append(
             {
-                "name": f"{folder_name}-{precision}",
+                "name": f"{folder_name}-{key.replace('_', '-')}",
                 "tier": tier.name,
                 "precision": precision,
-                **describe_file(paths[precision], out, datamodule, stats),
+                **described,
                 "run": str(run.folder),
                 "seed": config.get("seed"),
                 "budgets": OmegaConf.to_container(tier.budgets),
                 "budget_hardware": tier.get("budget_hardware", DEFAULT_BUDGET_HARDWARE),
                 "allowed_precisions": list(tier.get("precisions", PRECISIONS)),
                 "device": OmegaConf.to_container(tier.device) if "device" in tier else dict(DEFAULT_DEVICE),
-                **facts.get(precision, {}),
+                **facts.get(key, {}),
             }
         )
     return variants
@@ -334,6 +369,9 @@ def print_summary(manifest: dict, out: Path) -> None:
         shipped = [v for v in variants if v["tier"] == tier and v["ships"]]
         if shipped:
             console.print(f"[bold]{tier}[/] ships {shipped[0]['name']}: {shipped[0]['why']}")
+            for stand_in in (v for v in variants if v["tier"] == tier and v["ships_for"] and not v["ships"]):
+                targets = ", ".join(TARGET_NAMES[t] for t in stand_in["ships_for"])
+                console.print(f"  and {stand_in['name']} on {targets}: {shipped[0]['name']} is not exact there")
         else:
             reasons = "; ".join(f"{v['name']} {v['why']}" for v in variants if v["tier"] == tier)
             console.print(f"[red][bold]{tier}[/] ships nothing: {reasons}[/]")

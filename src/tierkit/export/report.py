@@ -23,6 +23,45 @@ def _ms(value: float) -> str:
     return f"{value:.4f}"
 
 
+def _ships_cell(variant: dict) -> str:
+    """'yes' for the tier's pick, 'for <classes>' for a stand-in on CPU classes where the pick is not exact."""
+    if variant.get("ships"):
+        return "yes"
+    if variant.get("ships_for"):
+        return "for " + ", ".join(variant["ships_for"])
+    return "no"
+
+
+def _cpu_class_lines(variants: list[dict]) -> list[str]:
+    """INT8 accuracy on every CPU class, from the manifest's accuracy_by_cpu (emulated figures marked *)."""
+    int8 = [v for v in variants if v.get("accuracy_by_cpu") and v["precision"] == "int8"]
+    if not int8:
+        return []
+    classes = list(int8[0]["accuracy_by_cpu"])
+    lines = [
+        "",
+        "## INT8 accuracy on each CPU class",
+        "",
+        "Full-range (8-bit) weights saturate on x86 without VNNI; 7-bit weights are exact everywhere. "
+        "\\* emulated with tierkit.quant.kernel_emulation; the rest measured in ONNX Runtime here.",
+        "",
+        "| variant | weight bits | exact on | " + " | ".join(classes) + " |",
+        "|---|---:|---|" + "---:|" * len(classes),
+    ]
+    for v in int8:
+        cells = [
+            f"{100 * v['accuracy_by_cpu'][c]['accuracy']:.2f}%"
+            + ("\\*" if v["accuracy_by_cpu"][c].get("how") == "emulated" else "")
+            for c in classes
+        ]
+        lines.append(
+            f"| {v['name']} | {v.get('weight_bits', '')} | {', '.join(v.get('cpu_classes', []))} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
+
+
 def render_report(manifest: dict) -> str:
     """Markdown: the variants against their budgets, every measured setting, and where the time goes."""
     teacher, variants = manifest["teacher"], manifest["variants"]
@@ -46,13 +85,14 @@ def render_report(manifest: dict) -> str:
         budget = f"{_ms(budget_latency(v)['p50_ms'])} ({v['budget_hardware']})" if "budget_hardware" in v else ""
         memory = f"{v['peak_memory_mib']:.1f} MiB" if v.get("peak_memory_mib") is not None else "n/a"
         lines.append(
-            f"| {v['name']} | {'yes' if v.get('ships') else 'no'} | {100 * v['accuracy']:.2f}% | "
+            f"| {v['name']} | {_ships_cell(v)} | {100 * v['accuracy']:.2f}% | "
             f"{-100 * v.get('accuracy_drop', 0):+.2f} | {v['bytes'] / 1024:.1f} KiB | {v['params']:,} | "
             f"{v['macs']:,} | {budget} | {best['hardware']} {best['graph_optimization_level']} | "
             f"{_ms(best['p50_ms'])} | "
             f"{best['throughput_per_s']:,.0f} | {memory} | {_check_cell(v) if 'checks' in v else ''} | "
             f"{v.get('why', '')} |"
         )
+    lines += _cpu_class_lines(variants)
     settings = [(row["hardware"], row["graph_optimization_level"]) for row in teacher["latency"]]
     lines += [
         "",

@@ -1,6 +1,7 @@
 """Tier budgets checked on measurements, and the one variant per tier that ships."""
 
 from tierkit.profile.variants import fastest
+from tierkit.runtime.cpu import CPU_CLASSES, SHIPPING_TARGETS, TARGET_NAMES, exact_on_target
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -32,12 +33,18 @@ def check_budgets(variant: dict, reference_accuracy: float) -> list[str]:
     return [reasons[check] for check, passed in variant["checks"].items() if not passed]
 
 
+def _exact_classes(variant: dict) -> list[str]:
+    return variant.get("cpu_classes", list(CPU_CLASSES))
+
+
 def choose_shipping(variants: list[dict], reference_accuracy: float) -> None:
-    """Mark one variant per tier as shipping and set every variant's ``why``.
+    """Mark the variants each tier ships and set every variant's ``why``.
 
     Among the variants of a tier that pass all its budgets and use a precision the tier allows, the one with the
-    lowest p50 on the tier's budget hardware ships: for very small models FP32 can beat INT8, so it is measured,
-    not assumed. A tier where nothing passes ships nothing, and says why.
+    lowest p50 on the tier's budget hardware ships (``ships``): for very small models FP32 can beat INT8, so it is
+    measured, not assumed. ``ships_for`` lists the CPU classes each variant is the tier's pick for: where the
+    winner is not exact (full-range INT8 on x86 without VNNI, or a device that does not say its CPU), the fastest
+    passing variant that is exact there stands in. A tier where nothing passes ships nothing, and says why.
     """
     for tier in dict.fromkeys(v["tier"] for v in variants):
         members = [v for v in variants if v["tier"] == tier]
@@ -45,6 +52,7 @@ def choose_shipping(variants: list[dict], reference_accuracy: float) -> None:
         for variant in members:
             failures = check_budgets(variant, reference_accuracy)
             variant["ships"] = False
+            variant["ships_for"] = []
             if variant["precision"] not in variant["allowed_precisions"]:
                 variant["why"] = f"tier {tier} does not ship {variant['precision']} (allowed: " + (
                     ", ".join(variant["allowed_precisions"]) + ")"
@@ -56,6 +64,10 @@ def choose_shipping(variants: list[dict], reference_accuracy: float) -> None:
         if not passing:
             continue
         passing.sort(key=lambda v: (budget_latency(v)["p50_ms"], v["bytes"]))
+        for target in SHIPPING_TARGETS:
+            pick = next((v for v in passing if exact_on_target(_exact_classes(v), target)), None)
+            if pick is not None:
+                pick["ships_for"].append(target)
         winner = passing[0]
         winner["ships"] = True
         hardware = winner["budget_hardware"]
@@ -65,7 +77,16 @@ def choose_shipping(variants: list[dict], reference_accuracy: float) -> None:
             f"(p50 {budget_latency(winner)['p50_ms']:.4f} ms" + (f"; {others})" if others else ")")
         )
         for variant in passing[1:]:
-            variant["why"] = (
-                f"passes every budget, but {winner['name']} is faster on {hardware} "
+            faster = (
+                f"{winner['name']} is faster on {hardware} "
                 f"({budget_latency(winner)['p50_ms']:.4f} vs {budget_latency(variant)['p50_ms']:.4f} ms)"
             )
+            if variant["ships_for"]:
+                missing = ", ".join(TARGET_NAMES[t] for t in variant["ships_for"])
+                variant["why"] = (
+                    f"passes every budget and ships for {missing}, where {winner['name']} is not exact "
+                    f"({winner.get('weight_bits', 8)}-bit INT8 weights saturate on x86 without VNNI); elsewhere "
+                    + faster
+                )
+            else:
+                variant["why"] = "passes every budget, but " + faster

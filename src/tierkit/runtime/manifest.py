@@ -14,6 +14,8 @@ from typing import Any, NoReturn
 import numpy as np
 import onnxruntime as ort
 
+from tierkit.runtime.cpu import CPU_CLASSES, SHIPPING_TARGETS
+
 SCHEMA_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -140,6 +142,21 @@ def _check_variant(c: _Checker, variant: Any, path: str) -> None:
     if c.key(variant, "peak_memory_mib", path) is not None:  # null where the export could not measure it
         c.number(variant["peak_memory_mib"], f"{path}.peak_memory_mib", 0)
     c.flag(c.key(variant, "ships", path), f"{path}.ships")
+    # Optional since tierkit wrote them (older manifests lack them): CPU classes and per-class picks.
+    for key, known in (("cpu_classes", CPU_CLASSES), ("ships_for", SHIPPING_TARGETS)):
+        if key in variant:
+            for i, name in enumerate(c.strings(variant[key], f"{path}.{key}")):
+                if name not in known:
+                    c.fail(f"{path}.{key}[{i}]", f"must be one of {list(known)}, got {name!r}")
+    if variant.get("ships") and "ships_for" in variant and not variant["ships_for"]:
+        c.fail(f"{path}.ships_for", "is empty, but the variant ships", "list the CPU classes it ships for")
+    if "accuracy_by_cpu" in variant:
+        by_cpu = c.obj(variant["accuracy_by_cpu"], f"{path}.accuracy_by_cpu")
+        for name, facts in by_cpu.items():
+            where = f"{path}.accuracy_by_cpu.{name}"
+            if name not in CPU_CLASSES:
+                c.fail(where, f"names no CPU class (expected one of {list(CPU_CLASSES)})")
+            c.number(c.key(c.obj(facts, where), "accuracy", where), f"{where}.accuracy", 0, 1)
     budgets = c.obj(c.key(variant, "budgets", path), f"{path}.budgets")
     for key in ("max_accuracy_drop", "max_size_kib", "max_latency_ms"):
         c.number(c.key(budgets, key, f"{path}.budgets"), f"{path}.budgets.{key}", 0)
@@ -217,6 +234,7 @@ def validate_manifest(data: dict, where: str) -> None:
         c.fail("variants", "must be a non-empty array of variants, got []")
     names: dict[str, int] = {}
     shipping: dict[str, int] = {}
+    picks: dict[tuple[str, str], int] = {}
     for i, variant in enumerate(variants):
         path = f"variants[{i}]"
         _check_variant(c, variant, path)
@@ -235,6 +253,15 @@ def validate_manifest(data: dict, where: str) -> None:
             )
         if variant["ships"]:
             shipping[variant["tier"]] = i
+        for target in variant.get("ships_for", []):
+            if (variant["tier"], target) in picks:
+                c.fail(
+                    f"{path}.ships_for",
+                    f"names {target!r}, which variants[{picks[variant['tier'], target]}] already ships for in "
+                    f"tier {variant['tier']!r}",
+                    "give each CPU class one variant per tier",
+                )
+            picks[variant["tier"], target] = i
 
 
 def load_manifest(path: str | Path) -> dict:

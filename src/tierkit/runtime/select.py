@@ -2,6 +2,15 @@
 
 from dataclasses import dataclass, field
 
+from tierkit.runtime.cpu import (
+    REDUCED_WEIGHT_BITS,
+    TARGET_NAMES,
+    UNKNOWN_CPU,
+    X86_NO_VNNI,
+    cpu_class,
+    exact_cpu_classes,
+    exact_on_target,
+)
 from tierkit.runtime.device import DeviceInfo
 
 CPU = "CPUExecutionProvider"
@@ -70,6 +79,35 @@ def _device_problems(variant: dict, device: DeviceInfo, max_memory_mib: float | 
     return problems
 
 
+def device_target(device: DeviceInfo) -> str:
+    """The CPU class a device's INT8 kernels belong to, from its flags; unknown_cpu when they do not say."""
+    return cpu_class(device.cpu_flags) or UNKNOWN_CPU
+
+
+def _ships_for(variant: dict, target: str) -> bool:
+    """Whether the variant is its tier's pick for ``target``.
+
+    Manifests written before CPU classes were recorded have one pick per tier; its INT8 file counts as exact on
+    x86 without VNNI only when it was quantized with reduced range.
+    """
+    if "ships_for" in variant:
+        return target in variant["ships_for"]
+    if not variant["ships"] or variant["precision"] != "int8":
+        return variant["ships"]
+    bits = REDUCED_WEIGHT_BITS if variant.get("reduce_range") else 8
+    return exact_on_target(exact_cpu_classes(bits), target)
+
+
+def _not_exact_here(variant: dict, target: str) -> str:
+    bits = variant.get("weight_bits", REDUCED_WEIGHT_BITS if variant.get("reduce_range") else 8)
+    why = f"ships, but not for {TARGET_NAMES[target]}: its {bits}-bit INT8 weights saturate on x86 without VNNI"
+    if target == UNKNOWN_CPU:
+        why += ", and the device description gives no cpu_flags to rule that out (add them to allow this file)"
+    elif target == X86_NO_VNNI:
+        why += " (this device's flags have none of avx512_vnni, avx_vnni, amx_int8)"
+    return why
+
+
 def _demand(variant: dict) -> tuple[int, int]:
     return variant["device"]["min_memory_mib"], variant["device"]["min_cores"]
 
@@ -89,9 +127,15 @@ def select_variant(
             raise ValueError(f"{name} must be > 0, got {limit}. Fix: pass a positive limit or leave it out")
     fits: list[tuple[dict, dict]] = []
     rejected: list[tuple[str, str]] = []
+    target = device_target(device)
+    not_exact: dict[str, str] = {}
     for variant in manifest["variants"]:
-        if not variant["ships"]:
-            rejected.append((variant["name"], f"does not ship ({variant['why']})"))
+        if not _ships_for(variant, target):
+            if variant["ships"]:
+                not_exact[variant["tier"]] = variant["name"]
+                rejected.append((variant["name"], _not_exact_here(variant, target)))
+            else:
+                rejected.append((variant["name"], f"does not ship ({variant['why']})"))
             continue
         problems = _device_problems(variant, device, max_memory_mib)
         row, why_not = _best_row(variant["latency"], device, max_latency_ms)
@@ -124,6 +168,10 @@ def select_variant(
         tied = [variant["name"] for variant in peers if variant["accuracy"] == winner["accuracy"]]
         if tied:
             reason += f", tied with {', '.join(tied)}: lowest p50 wins"
+    if winner["tier"] in not_exact:
+        reason += (
+            f"; stands in for {not_exact[winner['tier']]}, whose INT8 weights are not exact on {TARGET_NAMES[target]}"
+        )
     provider = row["providers"][0]
     threads = row["intra_op_num_threads"]
     reason += (
