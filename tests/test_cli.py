@@ -114,9 +114,16 @@ def exported(finished_run, tmp_path_factory):
 def test_export_writes_a_valid_manifest_with_verified_fp32_fp16_int8(exported):
     run, out, _ = exported
     manifest = load_manifest(out / "manifest.json")
-    variants = {v["precision"]: v for v in manifest["variants"]}
-    assert sorted(variants) == ["fp16", "fp32", "int8"]
+    variants = {v["name"].removeprefix("midrange-"): v for v in manifest["variants"]}
+    assert sorted(variants) == ["fp16", "fp32", "int8", "int8-w7"]
     assert all(v["tier"] == "midrange" and verify_file(out, v) for v in variants.values())
+    full, reduced = variants["int8"], variants["int8-w7"]
+    assert (full["weight_bits"], reduced["weight_bits"]) == (8, 7)
+    assert full["cpu_classes"] == ["x86_vnni", "arm"] and reduced["cpu_classes"] == ["x86_vnni", "x86_no_vnni", "arm"]
+    assert reduced["file"] == "midrange/int8_w7.onnx" and reduced["float_compute_ops"] == []
+    # The full-range file's accuracy where it saturates is emulated on a VNNI machine, measured on one without.
+    hows = {cpu: facts["how"] for cpu, facts in full["accuracy_by_cpu"].items()}
+    assert hows["x86_vnni"] == hows["arm"] != hows["x86_no_vnni"]
     assert variants["fp32"]["file"] == "midrange/fp32.onnx"
     assert variants["fp32"]["max_logit_difference"] < 1e-3
     assert variants["int8"]["float_compute_ops"] == [], "INT8 layers must run on integer kernels"
@@ -167,11 +174,16 @@ def test_export_profiles_every_setting_and_ships_one_variant_per_tier(exported):
 def test_runtime_selects_and_runs_the_exported_variant(exported):
     _, out, _ = exported
     manifest = load_manifest(out / "manifest.json")
-    for v in manifest["variants"]:  # make every variant eligible, so selection itself is what is tested
-        v["ships"] = v["precision"] == "int8"
-    phone = DeviceInfo(cores=2, memory_mib=4096)
+    for v in manifest["variants"]:  # make the INT8 files the tier's picks, so selection itself is what is tested
+        v["ships"] = v["name"] == "midrange-int8"
+        v["ships_for"] = {"midrange-int8": ["x86_vnni", "arm"], "midrange-int8-w7": ["x86_no_vnni", "unknown_cpu"]}.get(
+            v["name"], []
+        )
+    vnni_laptop = DeviceInfo(cores=2, memory_mib=4096, cpu_flags=["avx2", "avx512_vnni"])
+    assert select_variant(manifest, vnni_laptop).variant["name"] == "midrange-int8"
+    phone = DeviceInfo(cores=2, memory_mib=4096)  # no cpu_flags: only files exact on every CPU qualify
     selection = select_variant(manifest, phone)
-    assert selection.variant["precision"] == "int8"
+    assert selection.variant["name"] == "midrange-int8-w7" and "stands in for midrange-int8" in selection.reason
     assert selection.setting["intra_op_num_threads"] in (0, 1, 2)
     with pytest.raises(NoVariantFits, match="tier needs >= 2048 MiB memory"):
         select_variant(manifest, DeviceInfo(cores=2, memory_mib=1024))
