@@ -33,9 +33,9 @@ from tierkit.cli.export import export
 from tierkit.cli.train import CONFIG_DIR
 from tierkit.distill.module import freeze
 from tierkit.distill.teacher import obtain_teacher
-from tierkit.export import export_onnx, onnx_accuracy
 from tierkit.models.build import build_model
 from tierkit.models.checkpoint import load_student
+from tierkit.onnxio import export_onnx, onnx_accuracy
 from tierkit.profile.latency import ort_session
 from tierkit.profile.settings import load_settings
 from tierkit.profile.variants import profile_models

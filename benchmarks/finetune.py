@@ -21,7 +21,7 @@ from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 
 from tierkit.cli.train import CONFIG_DIR
-from tierkit.export.verify import float_compute_ops
+from tierkit.onnxio.verify import float_compute_ops
 
 from machine import RESULTS, describe, save_results
 from runs import run_command as run

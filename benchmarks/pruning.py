@@ -15,8 +15,8 @@ from pathlib import Path
 import hydra
 import numpy as np
 
-from tierkit.export import export_onnx, onnx_accuracy
 from tierkit.models.checkpoint import load_student
+from tierkit.onnxio import export_onnx, onnx_accuracy
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
 from tierkit.utils.noise import silence_known_noise
 

@@ -26,8 +26,8 @@ from hydra import compose, initialize_config_dir
 
 from tierkit.cli.train import CONFIG_DIR
 from tierkit.distill.teacher import obtain_teacher
-from tierkit.export import export_onnx, onnx_accuracy
-from tierkit.export.verify import float_compute_ops
+from tierkit.onnxio import export_onnx, onnx_accuracy
+from tierkit.onnxio.verify import float_compute_ops
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
 from tierkit.quant import calibration_samples, convert_fp16, quantize_int8
 from tierkit.utils.noise import silence_known_noise

@@ -9,13 +9,13 @@ import torch
 
 import tierkit.quant.ptq
 import tierkit.quant.qdq
-from tierkit.export import export_onnx
-from tierkit.export.compact import compact_model
-from tierkit.export.verify import float_compute_ops
 from tierkit.models import SmallCNN
+from tierkit.models.qat import prepare_qat, set_qat_stage
+from tierkit.onnxio import export_onnx
+from tierkit.onnxio.compact import compact_model
+from tierkit.onnxio.verify import float_compute_ops
 from tierkit.profile import ort_session
 from tierkit.quant import quantize_int8
-from tierkit.quant.qat import prepare_qat, set_qat_stage
 from tierkit.quant.qdq import export_qat_onnx
 
 SHAPE = (1, 16, 16)

@@ -12,13 +12,13 @@ from torch import nn
 from tierkit.cli.export import Run, int8_weight_bits, variant_files
 from tierkit.data import SyntheticDataModule
 from tierkit.errors import TierkitError
-from tierkit.export import export_onnx
 from tierkit.export.cpu_classes import int8_cpu_facts
 from tierkit.export.report import _pareto_front, plot_pareto, render_report
 from tierkit.export.tiers import choose_shipping
-from tierkit.export.verify import check_onnx
 from tierkit.models import SmallCNN
 from tierkit.models.checkpoint import load_student
+from tierkit.onnxio import export_onnx
+from tierkit.onnxio.verify import check_onnx
 from tierkit.profile import HardwareSetting, load_settings
 from tierkit.profile.memory import peak_memory_mib
 from tierkit.profile.operators import operator_profile

@@ -8,8 +8,8 @@ import torch
 from tierkit.data.shift import DeviceShift
 from tierkit.errors import TierkitError
 from tierkit.models.checkpoint import load_student
+from tierkit.models.qat import is_prepared, qat_settings, qat_stage
 from tierkit.models.structure import describe_structure
-from tierkit.quant.qat import is_prepared, qat_settings, qat_stage
 from tierkit.utils.instantiate import instantiate
 
 from conftest import FAST, compose_train, run_cli

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from tierkit.export import export_onnx
 from tierkit.models import MLP, SmallCNN
+from tierkit.models.qat import prepare_qat, set_qat_stage
+from tierkit.onnxio import export_onnx
 from tierkit.profile import ort_session
 from tierkit.quant import quantize_int8
 from tierkit.quant.kernel_emulation import (
@@ -25,7 +26,6 @@ from tierkit.quant.kernel_emulation import (
     saturating_dot,
     weight_bits,
 )
-from tierkit.quant.qat import prepare_qat, set_qat_stage
 from tierkit.quant.qdq import export_qat_onnx
 from tierkit.runtime import detect_device
 from tierkit.runtime.cpu import ARM, X86_NO_VNNI, X86_VNNI, cpu_class, exact_cpu_classes, needs_reduced_range

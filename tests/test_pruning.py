@@ -10,10 +10,10 @@ from omegaconf import OmegaConf
 from tierkit.data import SyntheticDataModule
 from tierkit.distill import DistillationModule
 from tierkit.errors import TierkitError
-from tierkit.export import export_onnx
 from tierkit.models import SmallCNN
 from tierkit.models.build import build_model
 from tierkit.models.structure import describe_structure
+from tierkit.onnxio import export_onnx
 from tierkit.profile import ort_session
 from tierkit.prune import StructuredPruning, pruning_schedule
 from tierkit.utils.model_stats import model_stats

@@ -5,9 +5,9 @@ import torch
 
 from tierkit.data import SyntheticDataModule
 from tierkit.errors import TierkitError
-from tierkit.export import export_onnx, onnx_accuracy
-from tierkit.export.verify import float_compute_ops
 from tierkit.models import MLP, MobileNetV2, SmallCNN
+from tierkit.onnxio import export_onnx, onnx_accuracy
+from tierkit.onnxio.verify import float_compute_ops
 from tierkit.profile import ort_session
 from tierkit.quant import calibration_samples, convert_fp16, quantize_int8
 from tierkit.runtime.cpu import needs_reduced_range

@@ -24,19 +24,19 @@ from torch import nn
 import tierkit.utils.resolvers  # noqa: F401  (registers the config resolvers)
 from tierkit.distill.teacher import find_run_teacher, load_teacher
 from tierkit.errors import TierkitError
-from tierkit.export import export_onnx, max_output_difference, onnx_accuracy
 from tierkit.export.cpu_classes import float_cpu_facts, int8_cpu_facts
 from tierkit.export.manifest import complete_manifest, provenance
 from tierkit.export.report import write_report
 from tierkit.export.tiers import PRECISIONS, budget_latency, choose_shipping
-from tierkit.export.verify import check_onnx, float_compute_ops
 from tierkit.models.checkpoint import load_student
+from tierkit.models.qat import float_copy, is_prepared, qat_settings
+from tierkit.onnxio import export_onnx, max_output_difference, onnx_accuracy
+from tierkit.onnxio.verify import check_onnx, float_compute_ops
 from tierkit.profile import load_settings, ort_session
 from tierkit.profile.memory import peak_memory_mib
 from tierkit.profile.operators import operator_profile
 from tierkit.profile.variants import fastest, profile_models
 from tierkit.quant import calibration_samples, convert_fp16, quantize_int8
-from tierkit.quant.qat import float_copy, is_prepared, qat_settings
 from tierkit.quant.qdq import export_qat_onnx
 from tierkit.runtime import sha256_of
 from tierkit.runtime.cpu import REDUCED_WEIGHT_BITS, TARGET_NAMES

@@ -21,14 +21,14 @@ from tierkit.distill import DistillationModule
 from tierkit.distill.module import check_distill_settings
 from tierkit.distill.teacher import obtain_teacher
 from tierkit.errors import TierkitError
-from tierkit.finetune import finetune
 from tierkit.models.build import build_model, model_name
 from tierkit.models.checkpoint import load_student
 from tierkit.prune import StructuredPruning
+from tierkit.prune.surgery import leave_distributed
 from tierkit.quant.callback import check_qat_callback_schedule
-from tierkit.quant.escalation import check_qat_schedule, quantize_student
+from tierkit.stages.finetune import finetune
+from tierkit.stages.quantize import check_qat_schedule, quantize_student
 from tierkit.tracking import finishing_wandb_run, log_run_results
-from tierkit.utils.checkpointing import leave_distributed
 from tierkit.utils.files import load_torch, write_json
 from tierkit.utils.instantiate import instantiate, instantiate_callbacks, instantiate_loggers
 from tierkit.utils.model_stats import model_stats

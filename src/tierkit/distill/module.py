@@ -11,8 +11,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from tierkit.distill.losses import distillation_loss
 from tierkit.errors import TierkitError
 from tierkit.models.checkpoint import CHECKPOINT_FORMAT
+from tierkit.models.qat import prepare_qat, qat_settings
 from tierkit.models.structure import apply_structure, describe_structure
-from tierkit.quant.qat import prepare_qat, qat_settings
 from tierkit.utils.resume import restart_epoch_at_its_start
 
 

@@ -1,6 +1,1 @@
-"""ONNX export of trained students and its verification."""
-
-from tierkit.export.onnx import export_onnx
-from tierkit.export.verify import max_output_difference, onnx_accuracy
-
-__all__ = ["export_onnx", "max_output_difference", "onnx_accuracy"]
+"""Export of finished runs: per-tier variants, budgets and shipping, CPU-class facts, manifest and report."""

@@ -7,7 +7,7 @@ on each class, so the manifest reports the accuracy the device will see.
 
 from pathlib import Path
 
-from tierkit.export.verify import onnx_accuracy
+from tierkit.onnxio.verify import onnx_accuracy
 from tierkit.quant.kernel_emulation import EmulatedSession, weight_bits
 from tierkit.runtime.cpu import CPU_CLASSES, X86_NO_VNNI, X86_VNNI, cpu_class, exact_cpu_classes
 

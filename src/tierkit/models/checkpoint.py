@@ -7,8 +7,8 @@ from torch import nn
 
 from tierkit.errors import TierkitError
 from tierkit.models.build import build_model
+from tierkit.models.qat import prepare_qat
 from tierkit.models.structure import apply_structure
-from tierkit.quant.qat import prepare_qat
 from tierkit.utils.files import load_torch
 
 # Bumped whenever the "tierkit" entry of a checkpoint changes meaning; readers refuse other formats.

@@ -14,7 +14,7 @@ from torch import nn
 
 from tierkit.errors import TierkitError
 from tierkit.prune.schedules import pruning_schedule
-from tierkit.utils.checkpointing import (
+from tierkit.prune.surgery import (
     check_same_structure_on_all_ranks,
     forget_best_checkpoints,
     rebuild_optimizers,

@@ -7,8 +7,7 @@ import lightning as L
 from lightning import Callback
 
 from tierkit.errors import TierkitError
-from tierkit.prune import StructuredPruning
-from tierkit.quant.qat import (
+from tierkit.models.qat import (
     STAGES,
     activation_quantizers,
     freeze_batch_norm,
@@ -17,8 +16,9 @@ from tierkit.quant.qat import (
     qat_stage,
     set_qat_stage,
 )
+from tierkit.prune import StructuredPruning
+from tierkit.prune.surgery import forget_best_checkpoints, rewrap_distributed
 from tierkit.runtime.cpu import needs_reduced_range
-from tierkit.utils.checkpointing import forget_best_checkpoints, rewrap_distributed
 
 log = logging.getLogger(__name__)
 

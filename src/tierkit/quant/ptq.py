@@ -15,7 +15,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from tierkit.data.base import ArrayDataModule
 from tierkit.errors import TierkitError
-from tierkit.export.compact import compact_model
+from tierkit.onnxio.compact import compact_model
 from tierkit.utils.files import atomic_write
 
 CALIBRATION_METHODS = {

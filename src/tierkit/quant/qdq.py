@@ -19,10 +19,10 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from tierkit.errors import TierkitError
-from tierkit.export.compact import compact_model
-from tierkit.export.onnx import export_onnx
-from tierkit.quant.fake_quant import ActivationFakeQuant
-from tierkit.quant.qat import QuantConv2d, QuantLinear, is_prepared
+from tierkit.models.fake_quant import ActivationFakeQuant
+from tierkit.models.qat import QuantConv2d, QuantLinear, is_prepared
+from tierkit.onnxio.compact import compact_model
+from tierkit.onnxio.write import export_onnx
 
 
 def _onnx_qdq_per_tensor(x: ir.Value, scale: float, zero_point: int) -> ir.Value:
@@ -113,7 +113,7 @@ def store_int8_weights(model: onnx.ModelProto) -> onnx.ModelProto:
 def export_qat_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int]) -> Path:
     """Write a QAT-prepared model as a QDQ ONNX file with INT8 weights; returns the path."""
     if not is_prepared(model):
-        raise ValueError("export_qat_onnx needs a model prepared by tierkit.quant.qat.prepare_qat")
+        raise ValueError("export_qat_onnx needs a model prepared by tierkit.models.qat.prepare_qat")
     unobserved = [name for name, m in model.named_modules() if isinstance(m, ActivationFakeQuant) and not m.initialised]
     if unobserved:
         raise TierkitError(

@@ -22,10 +22,10 @@ from tierkit.distill.teacher import find_run_teacher, load_teacher
 from tierkit.errors import TierkitError
 from tierkit.models.build import build_model, model_name
 from tierkit.models.checkpoint import load_student
+from tierkit.models.qat import is_prepared, qat_settings
 from tierkit.models.structure import describe_structure
 from tierkit.quant.callback import QuantizationAwareTraining
-from tierkit.quant.escalation import quantize_student
-from tierkit.quant.qat import is_prepared, qat_settings
+from tierkit.stages.quantize import quantize_student
 from tierkit.tracking import log_run_results
 from tierkit.utils.files import write_json
 from tierkit.utils.instantiate import instantiate, instantiate_callbacks, instantiate_loggers

@@ -15,7 +15,7 @@ import torch
 from torch import fx, nn
 
 from tierkit.errors import TierkitError
-from tierkit.quant.fake_quant import ActivationFakeQuant, WeightFakeQuant
+from tierkit.models.fake_quant import ActivationFakeQuant, WeightFakeQuant
 
 STAGES = ("float", "weights", "activations", "frozen")
 

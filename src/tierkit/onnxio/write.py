@@ -12,7 +12,7 @@ import onnx
 import torch
 from torch import nn
 
-from tierkit.export.compact import compact_model
+from tierkit.onnxio.compact import compact_model
 from tierkit.utils.files import atomic_write
 
 

@@ -17,14 +17,14 @@ from torch import nn
 from tierkit.data.base import ArrayDataModule
 from tierkit.distill import DistillationModule
 from tierkit.errors import TierkitError
-from tierkit.export import export_onnx, onnx_accuracy
-from tierkit.export.verify import float_compute_ops
 from tierkit.models.checkpoint import load_student
+from tierkit.models.qat import is_prepared
+from tierkit.onnxio import export_onnx, onnx_accuracy
+from tierkit.onnxio.verify import float_compute_ops
 from tierkit.profile import ort_session
 from tierkit.prune import StructuredPruning
 from tierkit.quant.callback import QuantizationAwareTraining, check_freeze_after_activations
 from tierkit.quant.ptq import calibration_samples, convert_fp16, quantize_int8
-from tierkit.quant.qat import is_prepared
 from tierkit.quant.qdq import export_qat_onnx
 from tierkit.runtime.cpu import needs_reduced_range
 from tierkit.utils.instantiate import instantiate, instantiate_callbacks
