@@ -136,6 +136,12 @@ CASES = [
     ),
     Case("python export.py precisions=[int4]", "export.py", ("run={run}", "precisions=[int4]"), "unknown precision(s)"),
     Case(
+        "python export.py int8_weight_bits=[4]",
+        "export.py",
+        ("run={run}", "int8_weight_bits=[4]"),
+        "int8_weight_bits must list 8, 7 or both, once each",
+    ),
+    Case(
         "python export.py profiling.hardware=[tpu]",
         "export.py",
         ("run={run}", "profiling.hardware=[tpu]"),

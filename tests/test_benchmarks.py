@@ -1,4 +1,4 @@
-"""benchmarks/compare.py end to end in its quick mode, and the README's comparison kept in step with its output."""
+"""benchmarks.compare end to end in its quick mode, and the README's comparison kept in step with its output."""
 
 import json
 import subprocess
@@ -8,8 +8,8 @@ import pytest
 
 from conftest import REPO
 
-COMPARE = REPO / "benchmarks" / "compare.py"
-MEMORY = REPO / "benchmarks" / "memory.py"
+COMPARE = "benchmarks.compare"
+MEMORY = "benchmarks.memory"
 ROWS = [
     "teacher",
     "teacher ORT INT8",
@@ -24,7 +24,7 @@ ROWS = [
 
 def run_compare(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(COMPARE), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", COMPARE, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -82,7 +82,7 @@ def test_readme_comparison_is_the_scripts_latest_output():
 
 def test_quick_memory_records_every_epoch(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(MEMORY), "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", MEMORY, "--quick", "--out", str(tmp_path)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -107,9 +107,8 @@ def test_quick_memory_records_every_epoch(tmp_path):
     assert (tmp_path / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_quantization_targets_pass_and_miss_at_their_limits(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    from quantization import target_line
+def test_quantization_targets_pass_and_miss_at_their_limits():
+    from benchmarks.quantization import target_line
 
     fp32 = {"bytes": 1000, "onnx_test_acc": 0.986, "latency_ms_p50": 0.5}
     small = {"model": "teacher", "precision": "int8 PTQ", "bytes": 300, "onnx_test_acc": 0.981, "latency_ms_p50": 0.25}

@@ -272,6 +272,7 @@ def test_ptq_export_quantizes_weights_as_the_run_did_unless_told_otherwise(tmp_p
     [
         ({"int8_weight_bits": [8, 7]}, [8, 7]),
         ({"int8_weight_bits": [7]}, [7]),
+        ({"int8_weight_bits": 7}, [7]),
         ({"int8_weight_bits": [8, 7], "reduce_range": True}, [7]),
         ({"int8_weight_bits": [8, 7], "reduce_range": False}, [8]),
     ],
@@ -281,7 +282,7 @@ def test_int8_weight_ranges_and_the_deprecated_reduce_range(settings, expected, 
     assert ("reduce_range is deprecated" in caplog.text) == ("reduce_range" in settings)
 
 
-@pytest.mark.parametrize("bits", [[], [8, 8], [4], [8, 16]])
+@pytest.mark.parametrize("bits", [[], [8, 8], [4], [8, 16], "eight"])
 def test_unknown_int8_weight_ranges_are_refused(bits):
     with pytest.raises(TierkitError, match=r"int8_weight_bits must list 8, 7 or both"):
         int8_weight_bits(OmegaConf.create({"reduce_range": None, "int8_weight_bits": bits}))

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from tierkit.data import SyntheticDataModule
-from tierkit.distill import teacher as teacher_stage
+from tierkit.distill import teacher as teacher_files
 from tierkit.errors import TierkitError
+from tierkit.stages import teacher as teacher_stage
 
 from conftest import FAST, REPO, compose_train
 
@@ -24,7 +25,7 @@ def _datamodule(cfg):
 
 def test_cache_key_tracks_what_shapes_the_teacher(tmp_path):
     def key(*overrides):
-        return teacher_stage.teacher_cache_key(compose_train(tmp_path, *overrides))
+        return teacher_files.teacher_cache_key(compose_train(tmp_path, *overrides))
 
     base = key()
     assert key("seed=7") == base, "the student's seed must not retrain the teacher"

@@ -15,7 +15,7 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -131,7 +131,8 @@ def int8_weight_bits(cfg: DictConfig) -> list[int]:
             bits,
         )
         return bits
-    bits = list(cfg.int8_weight_bits)
+    raw = cfg.int8_weight_bits
+    bits = list(raw) if isinstance(raw, ListConfig | list) else [raw]
     if not bits or len(set(bits)) != len(bits) or not set(bits) <= {8, REDUCED_WEIGHT_BITS}:
         raise TierkitError(
             f"int8_weight_bits must list 8, 7 or both, once each; got {bits}",
@@ -175,7 +176,7 @@ def variant_files(
             qat_bits = REDUCED_WEIGHT_BITS if settings["reduce_range"] else 8
         per_channel = run_per_channel(run.config) if cfg.per_channel is None else bool(cfg.per_channel)
         samples = None
-        for bits in int8_weight_bits(cfg):
+        for bits in cfg.int8_weight_bits:
             key = int8_key(bits)
             if bits == qat_bits:
                 paths[key] = export_qat_onnx(qat_student, target / f"{key}.onnx", shape)
@@ -390,6 +391,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             fix="pass a new output_dir, or delete the old export first",
         )
     check_precisions(cfg)
+    cfg.int8_weight_bits, cfg.reduce_range = int8_weight_bits(cfg), None
     runs = load_runs(find_runs(cfg), cfg.checkpoint)
     shape = list(runs[0].config.data.input_shape)
     progress = Progress(

@@ -9,32 +9,30 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 import tierkit.utils.resolvers  # noqa: F401  (registers the config resolvers)
-from tierkit.distill import DistillationModule
 from tierkit.distill.module import check_distill_settings
-from tierkit.distill.teacher import obtain_teacher
 from tierkit.errors import TierkitError
-from tierkit.models.build import build_model, model_name
-from tierkit.models.checkpoint import load_student
+from tierkit.models.build import model_name
 from tierkit.prune import StructuredPruning
 from tierkit.prune.surgery import leave_distributed
 from tierkit.quant.callback import check_qat_callback_schedule
 from tierkit.stages.finetune import finetune
+from tierkit.stages.fit import fit_student, test_checkpoint
 from tierkit.stages.quantize import check_qat_schedule, quantize_student
+from tierkit.stages.teacher import obtain_teacher
+from tierkit.stages.trainer import FitCheckpoints
 from tierkit.tracking import finishing_wandb_run, log_run_results
 from tierkit.utils.files import load_torch, write_json
-from tierkit.utils.instantiate import instantiate, instantiate_callbacks, instantiate_loggers
+from tierkit.utils.instantiate import instantiate, instantiate_loggers
 from tierkit.utils.model_stats import model_stats
 from tierkit.utils.noise import silence_known_noise
 from tierkit.utils.report import print_run_summary
-from tierkit.utils.slurm import job_id, requeued_checkpoint, single_process_plugins
+from tierkit.utils.slurm import job_id, requeued_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -97,51 +95,6 @@ def resolve_resume(cfg: DictConfig) -> tuple[str | None, dict[str, Any], DictCon
     return str(path), saved, cfg
 
 
-def fit_student(
-    cfg: DictConfig, datamodule: L.LightningDataModule, teacher: torch.nn.Module | None, loggers: list, ckpt_path
-) -> tuple[L.Trainer, DistillationModule, str, float | None, str, dict[str, Any]]:
-    """The FP32 stage: distil (and prune) the student; returns what the metrics need from it."""
-    L.seed_everything(cfg.seed, workers=True)
-    student = build_model(cfg.model.student, datamodule.input_shape, datamodule.num_classes, where="model.student")
-    module = DistillationModule(
-        student=student,
-        num_classes=datamodule.num_classes,
-        optimizer=instantiate(cfg.optimizer, where="optimizer"),
-        scheduler=instantiate(cfg.scheduler, where="scheduler") if cfg.get("scheduler") else None,
-        teacher=teacher,
-        **cfg.distill,
-    )
-    module.run_config = OmegaConf.to_container(cfg, resolve=True)
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
-    trainer: L.Trainer = instantiate(cfg.trainer, where="trainer", callbacks=callbacks, logger=loggers)
-    for logger in trainer.loggers:
-        logger.log_hyperparams(module.run_config)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    # Read the paths now: restoring best.ckpt for testing also restores the callbacks' older state.
-    checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
-    best = next((c for c in checkpoints if c.monitor), None)
-    latest = next((c for c in checkpoints if not c.monitor), None)
-    best_path = best.best_model_path if best else ""
-    best_score = float(best.best_model_score) if best and best.best_model_score is not None else None
-    last_path = latest.best_model_path if latest else ""
-    test = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)[0]
-    return trainer, module, best_path, best_score, last_path, test
-
-
-def test_checkpoint(
-    cfg: DictConfig, datamodule: L.LightningDataModule, teacher: torch.nn.Module | None, path: str
-) -> tuple[DistillationModule, dict[str, Any]]:
-    """Test a finished FP32 checkpoint again (resuming the QAT stage skips the FP32 fit)."""
-    student, _ = load_student(path)
-    module = DistillationModule(
-        student, datamodule.num_classes, optimizer=torch.optim.SGD, teacher=teacher, **cfg.distill
-    )
-    trainer = L.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, plugins=single_process_plugins()
-    )
-    return module, trainer.test(module, datamodule=datamodule, verbose=False)[0]
-
-
 STAGES = ("train", "finetune")
 
 
@@ -172,15 +125,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     resume_qat = ckpt_path if saved.get("fp32_checkpoint") else None
     if resume_qat:
-        best_path, last_path, best_score, trainer = saved["fp32_checkpoint"], "", None, None
-        module, test = test_checkpoint(cfg, datamodule, teacher, best_path)
+        checkpoints, trainer = FitCheckpoints(best=saved["fp32_checkpoint"]), None
+        module, test = test_checkpoint(cfg, datamodule, teacher, checkpoints.best)
         epochs = None
     else:
-        trainer, module, best_path, best_score, last_path, test = fit_student(
-            cfg, datamodule, teacher, loggers, ckpt_path
-        )
+        trainer, module, checkpoints, test = fit_student(cfg, datamodule, teacher, loggers, ckpt_path)
         epochs = trainer.current_epoch
         leave_distributed(trainer)
+    best_path = checkpoints.best
 
     metrics = {
         "tier": cfg.tier.name,
@@ -189,11 +141,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "student": {
             "architecture": model_name(cfg.model.student),
             "test_acc": test["test/acc"],
-            "val_acc_best": best_score,
+            "val_acc_best": checkpoints.best_score,
             "agreement": test.get("test/agreement"),
             **model_stats(module.student, datamodule.input_shape),
         },
-        "checkpoints": {"best": best_path, "last": last_path},
+        "checkpoints": {"best": checkpoints.best, "last": checkpoints.last},
     }
     pruning = next((c for c in trainer.callbacks if isinstance(c, StructuredPruning)), None) if trainer else None
     if pruning is not None:

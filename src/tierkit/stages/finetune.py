@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from tierkit.data.base import ArrayDataModule
-from tierkit.distill import DistillationModule
 from tierkit.distill.teacher import find_run_teacher, load_teacher
 from tierkit.errors import TierkitError
 from tierkit.models.build import build_model, model_name
@@ -26,6 +25,7 @@ from tierkit.models.qat import is_prepared, qat_settings
 from tierkit.models.structure import describe_structure
 from tierkit.quant.callback import QuantizationAwareTraining
 from tierkit.stages.quantize import quantize_student
+from tierkit.stages.trainer import build_trainer, fit_checkpoints, recipe_module
 from tierkit.tracking import log_run_results
 from tierkit.utils.files import write_json
 from tierkit.utils.instantiate import instantiate, instantiate_callbacks, instantiate_loggers
@@ -137,10 +137,11 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     if teacher_path is not None:
         teacher, _ = load_teacher(teacher_path, source.model.teacher, list(target.input_shape), target.num_classes)
     L.seed_everything(cfg.seed, workers=True)
-    module = DistillationModule(
-        student=student.train(),
-        num_classes=target.num_classes,
-        optimizer=instantiate(cfg.finetune.optimizer, where="finetune.optimizer"),
+    module = recipe_module(
+        student.train(),
+        target.num_classes,
+        cfg.finetune,
+        where="finetune",
         teacher=teacher,
         temperature=source.distill.temperature,
         alpha=cfg.finetune.alpha,
@@ -154,12 +155,12 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
             )
         )
     loggers = instantiate_loggers(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, where="trainer", callbacks=callbacks, logger=loggers)
+    trainer = build_trainer(cfg, callbacks, loggers)
     for logger in trainer.loggers:
         logger.log_hyperparams(module.run_config)
     trainer.fit(module, datamodule=target)
-    best = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)
-    best_path = best.best_model_path if best else ""
+    checkpoints = fit_checkpoints(trainer)
+    best_path = checkpoints.best
     tuned, _ = load_student(best_path) if best_path else (module.student, None)
     after = scores(tuned, target, original)
     unchanged = describe_structure(tuned) == structure and qat_settings(tuned) == quantization
@@ -191,7 +192,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         "student": {
             "architecture": model_name(cfg.model.student),
             "test_acc": after["target_test_acc"],
-            "val_acc_best": float(best.best_model_score) if best and best.best_model_score is not None else None,
+            "val_acc_best": checkpoints.best_score,
             **model_stats(tuned, target.input_shape),
         },
         "checkpoints": {"best": best_path, "last": ""},

@@ -15,7 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from tierkit.data.base import ArrayDataModule
-from tierkit.distill import DistillationModule
 from tierkit.errors import TierkitError
 from tierkit.models.checkpoint import load_student
 from tierkit.models.qat import is_prepared
@@ -27,8 +26,8 @@ from tierkit.quant.callback import QuantizationAwareTraining, check_freeze_after
 from tierkit.quant.ptq import calibration_samples, convert_fp16, quantize_int8
 from tierkit.quant.qdq import export_qat_onnx
 from tierkit.runtime.cpu import needs_reduced_range
+from tierkit.stages.trainer import build_trainer, fit_checkpoints, recipe_module
 from tierkit.utils.instantiate import instantiate, instantiate_callbacks
-from tierkit.utils.slurm import single_process_plugins
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +70,8 @@ def run_qat(
     # Seeded here too: a resumed QAT stage skips the FP32 fit, and the shuffle of each epoch follows the seed.
     L.seed_everything(cfg.seed, workers=True)
     student, _ = load_student(fp32_checkpoint)
-    module = DistillationModule(
-        student=student.train(),
-        num_classes=datamodule.num_classes,
-        optimizer=instantiate(qat.optimizer, where="quantization.qat.optimizer"),
-        scheduler=instantiate(qat.scheduler, where="quantization.qat.scheduler") if qat.get("scheduler") else None,
-        teacher=teacher,
-        **cfg.distill,
+    module = recipe_module(
+        student.train(), datamodule.num_classes, qat, where="quantization.qat", teacher=teacher, **cfg.distill
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     module.fp32_checkpoint = str(fp32_checkpoint)
@@ -89,21 +83,16 @@ def run_qat(
     callbacks.append(instantiate(qat.callback, where="quantization.qat.callback"))
     # One process: the quantization stage runs on rank 0 only, after the (possibly DDP) FP32 fit has ended.
     # Its own root folder keeps a requeue checkpoint (hpc_ckpt_<n>.ckpt) apart from the FP32 fit's.
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        where="trainer",
-        default_root_dir=str(Path(cfg.paths.output_dir) / "checkpoints" / "qat"),
-        plugins=single_process_plugins(),
-        callbacks=callbacks,
-        logger=list(loggers),
+    trainer = build_trainer(
+        cfg,
+        callbacks,
+        list(loggers),
+        one_process=True,
+        root_dir=Path(cfg.paths.output_dir) / "checkpoints" / "qat",
         max_epochs=qat.epochs,
-        devices=1,
-        num_nodes=1,
-        strategy="auto",
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    best = next(c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor)
-    best_path = Path(best.best_model_path)
+    best_path = Path(fit_checkpoints(trainer).best)
     test = trainer.test(module, datamodule=datamodule, ckpt_path=str(best_path), verbose=False)[0]
     return best_path, float(test["test/acc"])
 
