@@ -1,6 +1,6 @@
 """tierkit's headline figures side by side with what a user would otherwise do, on one machine in one run.
 
-    python benchmarks/compare.py [--quick] [--tiers SWEEP] [--readme] [--out DIR]
+    python -m benchmarks.compare [--quick] [--tiers SWEEP] [--readme] [--out DIR]
 
 Rows: the teacher in FP32 (the reference), the teacher quantized by ONNX Runtime's own static INT8 recipe,
 the teacher pruned by Lightning's ModelPruning at 50% (masks, then fine-tuned), the default student trained
@@ -27,12 +27,13 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
-from train_loop import kd_epoch_seconds, lightning_steps_per_second, plain_steps_per_second
 
+from benchmarks.baselines import modelpruning_copy, ort_default_int8, zero_fraction
+from benchmarks.common import RESULTS, describe, save_results, train_with
+from benchmarks.train_loop import kd_epoch_seconds, lightning_steps_per_second, plain_steps_per_second
 from tierkit.cli.export import export
 from tierkit.cli.train import CONFIG_DIR
 from tierkit.distill.module import freeze
-from tierkit.distill.teacher import obtain_teacher
 from tierkit.models.build import build_model
 from tierkit.models.checkpoint import load_student
 from tierkit.onnxio import export_onnx, onnx_accuracy
@@ -40,12 +41,9 @@ from tierkit.profile.latency import ort_session
 from tierkit.profile.settings import load_settings
 from tierkit.profile.variants import profile_models
 from tierkit.quant import calibration_samples
+from tierkit.stages.teacher import obtain_teacher
 from tierkit.utils.instantiate import instantiate
 from tierkit.utils.noise import silence_known_noise
-
-from baselines import modelpruning_copy, ort_default_int8, zero_fraction
-from machine import RESULTS, describe, save_results
-from runs import train_with
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -357,7 +355,7 @@ def main() -> None:
         rows = measure_models(files, datamodule, mode)
     loop = measure_loop(models, datamodule, mode)
     checks = verdict(rows)
-    command = "python benchmarks/compare.py" + (" --quick" if args.quick else "")
+    command = "python -m benchmarks.compare" + (" --quick" if args.quick else "")
     lines = table_lines(rows, notes, loop, checks, command)
     folder = args.out or RESULTS
     save_results(

@@ -1,6 +1,6 @@
 """Does distillation help? Each tier's student trained with the teacher (KD) and alone, on the same seeds.
 
-    python benchmarks/distillation.py [--tiers lowend ...] [--seeds 1 2 3] [extra overrides...]
+    python -m benchmarks.distillation [--tiers lowend ...] [--seeds 1 2 3] [extra overrides...]
 
 Writes benchmarks/results/distillation.{json,md}.
 """
@@ -11,10 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import describe, save_results, train_with
 from tierkit.utils.noise import silence_known_noise
-
-from machine import describe, save_results
-from runs import train_with
 
 
 def run(tier: str, seed: int, kd: bool, out: Path, extra: list[str]) -> dict:
@@ -65,7 +63,7 @@ def main() -> None:
             )
     lines = [
         f"Machine: {describe()}",
-        f"Command: python benchmarks/distillation.py --tiers {' '.join(args.tiers)} --seeds "
+        f"Command: python -m benchmarks.distillation --tiers {' '.join(args.tiers)} --seeds "
         f"{' '.join(map(str, args.seeds))} {' '.join(args.overrides)}".rstrip(),
         "",
         "| tier | student params | student MACs | teacher test acc "

@@ -1,7 +1,7 @@
 """The deployable set end to end: a 3-tier sweep on mnist5k, exported, checked against the tier budgets, and the
 runtime's choice for three described devices.
 
-    python benchmarks/export.py [--sweep multirun/DATE/TIME]
+    python -m benchmarks.export [--sweep multirun/DATE/TIME]
 
 Without --sweep it first runs `python train.py -m tier=highend,midrange,lowend` (about 5 minutes on 2 cores).
 Then it runs `python export.py run=<sweep>`, whose profiler times every model interleaved under every
@@ -16,10 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.common import RESULTS, describe, save_results
+from benchmarks.common import run_command as run
 from tierkit.runtime import DeviceInfo, load_manifest, select_variant
-
-from machine import RESULTS, describe, save_results
-from runs import run_command as run
 
 TIERS = "highend,midrange,lowend"
 # The comparison the issue asks for: batch 1, one thread, ONNX Runtime with all graph optimizations.

@@ -1,6 +1,6 @@
 """Device fine-tuning: how much of the accuracy a device shift costs the compressed lowend model comes back.
 
-    python benchmarks/finetune.py [--run outputs/DATE/TIME]
+    python -m benchmarks.finetune [--run outputs/DATE/TIME]
 
 Without --run it first trains `python train.py tier=lowend` (about 2 minutes on 2 cores). Then it fine-tunes
 that run on `shift=camera` twice, on the labels alone and with the teacher still distilling, and compares
@@ -20,11 +20,10 @@ import onnx
 from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 
+from benchmarks.common import RESULTS, describe, save_results
+from benchmarks.common import run_command as run
 from tierkit.cli.train import CONFIG_DIR
 from tierkit.onnxio.verify import float_compute_ops
-
-from machine import RESULTS, describe, save_results
-from runs import run_command as run
 
 VARIANTS = {"labels alone (alpha 0)": "finetune.alpha=0.0", "with the teacher (alpha 0.5)": "finetune.alpha=0.5"}
 

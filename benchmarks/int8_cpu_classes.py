@@ -1,6 +1,6 @@
 """Full-range (8-bit) against 7-bit INT8 weights on each CPU class: accuracy and latency.
 
-    python benchmarks/int8_cpu_classes.py [--fashion-mnist-epochs 4] [--qemu-images 2000]
+    python -m benchmarks.int8_cpu_classes [--fashion-mnist-epochs 4] [--qemu-images 2000]
 
 For the default teacher recipe trained on mnist5k and on Fashion-MNIST (when Debian's dataset-fashion-mnist is
 installed), the FP32 model is quantized by ONNX Runtime's static PTQ twice: full-range and 7-bit weights. Each
@@ -24,16 +24,15 @@ import hydra
 import numpy as np
 from hydra import compose, initialize_config_dir
 
+from benchmarks.common import describe, save_results
 from tierkit.cli.train import CONFIG_DIR
-from tierkit.distill.teacher import obtain_teacher
 from tierkit.onnxio import export_onnx, onnx_accuracy
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
 from tierkit.quant import calibration_samples, quantize_int8
 from tierkit.quant.kernel_emulation import EmulatedSession
 from tierkit.runtime.cpu import FLAGS_VARIABLE, X86_NO_VNNI, X86_VNNI, cpu_class
+from tierkit.stages.teacher import obtain_teacher
 from tierkit.utils.noise import silence_known_noise
-
-from machine import describe, save_results
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 HASWELL_FLAGS = "sse sse2 sse4_1 sse4_2 avx avx2 fma"

@@ -1,9 +1,9 @@
 """Memory over a long run: after warm-up, a long `python train.py tier=lowend` should hold no more memory.
 
-    python benchmarks/memory.py [--epochs 50] [--warmup 10] [--quick] [--out DIR]
+    python -m benchmarks.memory [--epochs 50] [--warmup 10] [--quick] [--out DIR]
 
 Runs the training entry point as a user would (distillation and the tier's structured pruning on; the
-quantization stage off, since the point is the training loop), with benchmarks/memory_probe.py recording the
+quantization stage off, since the point is the training loop), with benchmarks.memory_probe recording the
 process's resident memory (RSS), the C allocator's in-use bytes and its live Python objects after every epoch.
 Reports the growth from the end of warm-up (which takes in the pruning steps) to the last epoch, the slope over
 those epochs and a verdict, and writes benchmarks/results/memory.{json,md,png}. --quick: tiny synthetic data
@@ -12,7 +12,6 @@ and a few epochs, a smoke test that writes to --out or a fresh temporary folder,
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -21,10 +20,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from machine import RESULTS, describe, save_results
-from runs import run_command
+from benchmarks.common import RESULTS, describe, run_command, save_results
 
-BENCHMARKS = Path(__file__).resolve().parent
 # "No growth": after warm-up RSS rises by less than this per epoch (under 100 MiB over 1,000 epochs) ...
 MAX_SLOPE_MIB_PER_EPOCH = 0.1
 # ... and that slope, over the epochs after warm-up, adds less than this fraction of the RSS at its end.
@@ -48,8 +45,11 @@ def train_recording(epochs: int, extra: list[str], scratch: Path) -> tuple[str, 
     """Run train.py with the memory probe; returns the user's command, the per-epoch records and the wall time."""
     overrides = ["tier=lowend", f"trainer.max_epochs={epochs}", "quantization=off", *extra]
     log = scratch / "memory.jsonl"
-    probe = ["+callbacks.memory_probe._target_=memory_probe.RecordMemory", f"+callbacks.memory_probe.path={log}"]
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCHMARKS), os.environ.get("PYTHONPATH")]))
+    # train.py runs from the repository root, so benchmarks.memory_probe imports like any module there.
+    probe = [
+        "+callbacks.memory_probe._target_=benchmarks.memory_probe.RecordMemory",
+        f"+callbacks.memory_probe.path={log}",
+    ]
     started = time.perf_counter()
     run_command(
         [sys.executable, "train.py", *overrides, *probe, f"hydra.run.dir={scratch / 'run'}", "~callbacks.progress"]
@@ -186,7 +186,7 @@ def main() -> None:
         extra = [*QUICK, f"teacher.cache_dir={scratch / 'cache'}"] if args.quick else []
         command, records, wall = train_recording(epochs, extra, scratch)
     summary = summarize(records, warmup)
-    benchmark = f"python benchmarks/memory.py --epochs {epochs} --warmup {warmup}" + (" --quick" if args.quick else "")
+    benchmark = f"python -m benchmarks.memory --epochs {epochs} --warmup {warmup}" + (" --quick" if args.quick else "")
     lines = table_lines(summary, epochs, wall, benchmark, command)
     payload = {"mode": "quick" if args.quick else "full", "benchmark": benchmark, "command": command, "epochs": epochs}
     save_results("memory", {**payload, "wall_seconds": round(wall, 1), **summary, "records": records}, lines, out)

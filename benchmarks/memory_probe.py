@@ -1,7 +1,7 @@
-"""Benchmark-only Lightning callback: what the training process holds after every epoch, for benchmarks/memory.py.
+"""Benchmark-only Lightning callback: what the training process holds after every epoch, for benchmarks.memory.
 
-Added to a run from the command line (benchmarks/ on PYTHONPATH):
-``+callbacks.memory_probe._target_=memory_probe.RecordMemory +callbacks.memory_probe.path=FILE``.
+Added to a run of train.py from the repository root:
+``+callbacks.memory_probe._target_=benchmarks.memory_probe.RecordMemory +callbacks.memory_probe.path=FILE``.
 Needs Linux with glibc 2.33 or later (/proc/self/status and mallinfo2).
 """
 

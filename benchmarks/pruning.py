@@ -2,7 +2,7 @@
 tierkit's StructuredPruning (KD recovery), and masked by Lightning's ModelPruning at the same weight
 sparsity. Accuracy over seeds; ONNX Runtime latency at batch 1 on one thread, interleaved.
 
-    python benchmarks/pruning.py [--seeds 1 2 3] [--target 0.5] [extra overrides...]
+    python -m benchmarks.pruning [--seeds 1 2 3] [--target 0.5] [extra overrides...]
 
 Writes benchmarks/results/pruning.{json,md}.
 """
@@ -15,14 +15,12 @@ from pathlib import Path
 import hydra
 import numpy as np
 
+from benchmarks.baselines import zero_fraction
+from benchmarks.common import describe, save_results, train_with
 from tierkit.models.checkpoint import load_student
 from tierkit.onnxio import export_onnx, onnx_accuracy
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
 from tierkit.utils.noise import silence_known_noise
-
-from baselines import zero_fraction
-from machine import describe, save_results
-from runs import train_with
 
 VARIANTS = ("unpruned", "structured", "modelpruning")
 
@@ -90,7 +88,7 @@ def main() -> None:
     base_acc = [m["ort_test_acc"] for m in runs["unpruned"]]
     lines = [
         f"Machine: {describe()}",
-        f"Command: python benchmarks/pruning.py --seeds {' '.join(map(str, args.seeds))} --target {args.target} "
+        f"Command: python -m benchmarks.pruning --seeds {' '.join(map(str, args.seeds))} --target {args.target} "
         + " ".join(args.overrides),
         "",
         "| student | params | MACs | zero weights | ONNX size | latency p50 (ms) | speed-up | MACs cut "

@@ -2,7 +2,7 @@
 batch-1 single-thread latency, for the default teacher and a freshly trained student per tier, plus one run
 whose INT8 budget forces quantization-aware training, so that QAT is measured next to post-training INT8.
 
-    python benchmarks/quantization.py [--qat-run OVERRIDE ...]
+    python -m benchmarks.quantization [--qat-run OVERRIDE ...]
 
 Trains 4 students (about 10 minutes on 2 cores). Writes benchmarks/results/quantization.{json,md} and checks
 the INT8 targets: at most 0.3x the FP32 file and at most 0.5 points lost on test, and on the teacher at
@@ -24,16 +24,14 @@ import hydra
 import numpy as np
 from hydra import compose, initialize_config_dir
 
+from benchmarks.common import describe, save_results, train_with
 from tierkit.cli.train import CONFIG_DIR
-from tierkit.distill.teacher import obtain_teacher
 from tierkit.onnxio import export_onnx, onnx_accuracy
 from tierkit.onnxio.verify import float_compute_ops
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
 from tierkit.quant import calibration_samples, convert_fp16, quantize_int8
+from tierkit.stages.teacher import obtain_teacher
 from tierkit.utils.noise import silence_known_noise
-
-from machine import describe, save_results
-from runs import train_with
 
 TIERS = ("highend", "midrange", "lowend")
 FORCED_QAT = (
@@ -118,7 +116,7 @@ def main() -> None:
     for row in rows:
         row["latency_ms_p50"] = statistics.median(samples[(row["model"], row["precision"])])
     reference = {r["model"]: r for r in rows if r["precision"] == "fp32"}
-    command = "python benchmarks/quantization.py"
+    command = "python -m benchmarks.quantization"
     if args.qat_run != list(FORCED_QAT):
         command += " --qat-run " + " ".join(args.qat_run)
     lines = [

@@ -1,6 +1,6 @@
 """Wall-clock time of `python train.py` on the default data, cold (teacher trained) and warm (cached).
 
-python benchmarks/train_time.py [--repeats N] [extra overrides...]
+python -m benchmarks.train_time [--repeats N] [extra overrides...]
 """
 
 import argparse
@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import describe, save_results
+from benchmarks.common import describe, save_results
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,1 @@
+"""Benchmark scripts that measure tierkit's claims; run each from the repository root as python -m benchmarks.<name>."""

@@ -1,0 +1,63 @@
+"""What every benchmark shares: the machine it ran on, where results go, and how it runs the training recipe."""
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from tierkit.cli.train import CONFIG_DIR, train
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags(wanted: tuple[str, ...] = ("avx2", "avx512f", "avx512_vnni", "amx_int8", "avx512_bf16")) -> list[str]:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return []
+    lines = cpuinfo.read_text().splitlines()
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return [flag for flag in wanted if flag in flags]
+
+
+def describe() -> str:
+    return (
+        f"CPU: {cpu_model()} ({os.cpu_count()} cores; flags: {' '.join(cpu_flags()) or '-'}); "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def save_results(name: str, payload: dict, table_lines: list[str] | None = None, folder: Path = RESULTS) -> None:
+    """Write <folder>/<name>.json (with the machine description) and, given a table, <folder>/<name>.md."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps({"machine": describe(), **payload}, indent=2, default=str) + "\n")
+    if table_lines is not None:
+        (folder / f"{name}.md").write_text("\n".join(table_lines) + "\n")
+        print("\n".join(table_lines))
+
+
+def train_with(overrides: list[str], output_dir: Path) -> dict[str, Any]:
+    """Compose conf/train.yaml with ``overrides`` and train; returns metrics.json's content."""
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.output_dir={output_dir}", "~callbacks.progress", *overrides])
+    return train(cfg)
+
+
+def run_command(command: list[str]) -> None:
+    """Run an entry point from the repository root as a user would, echoing the command first."""
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, cwd=Path(__file__).resolve().parents[1], check=True)
