@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -265,3 +266,38 @@ def test_a_two_task_slurm_job_shares_one_folder_one_teacher_and_one_ddp_fit(tmp_
     assert metrics["pruning"]["steps_done"] == 2
     assert metrics["quantization"]["path"] in ("ptq", "qat") and (run / "quantization" / "int8_qat.onnx").is_file()
     assert not (run / "teacher").exists(), "the teacher's working folder goes once the teacher is cached"
+
+
+@pytest.mark.slow
+def test_a_built_wheel_installs_working_commands_with_their_configs(tmp_path):
+    """`pip install .` (not editable): the wheel carries the configs, so tierkit-train and tierkit-export work from
+    any folder. Installed with --target beside this environment's dependencies, first on PYTHONPATH."""
+    source, wheels, site, work = (tmp_path / name for name in ("source", "wheels", "site", "work"))
+    work.mkdir()
+    # A copy of what a build reads, so building leaves nothing in the checkout.
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)], check=True)
+    (wheel,) = wheels.glob("tierkit-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
+    env = {**os.environ, "PYTHONPATH": str(site), "TIERKIT_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
+    origin = subprocess.run(
+        [sys.executable, "-c", "import tierkit; print(tierkit.__file__)"], env=env, capture_output=True, text=True
+    )
+    assert origin.stdout.startswith(str(site)), origin.stdout
+    trained = subprocess.run(
+        [str(site / "bin" / "tierkit-train"), "debug=tiny"], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    quick = ["profiling.repeats=10", "profiling.warmup=2", "profiling.throughput_repeats=2", "profiling.memory=false"]
+    exported = subprocess.run(
+        [str(site / "bin" / "tierkit-export"), "output_dir=exports/e1", "profiling.hardware=[cpu_2thread]", *quick],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert load_manifest(work / "exports" / "e1" / "manifest.json")["variants"]

@@ -48,9 +48,10 @@ from tierkit.utils.noise import silence_known_noise
 
 log = logging.getLogger(__name__)
 
+# Where the code came from, for the manifest's git commit (an installed copy has none).
 REPO_DIR = Path(__file__).resolve().parents[3]
-CONFIG_DIR = str(REPO_DIR / "conf")
-HARDWARE_DIR = REPO_DIR / "conf" / "hardware"
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+HARDWARE_DIR = Path(CONFIG_DIR) / "hardware"
 # Runs trained before tiers named these keys get what the tier configs say today.
 DEFAULT_BUDGET_HARDWARE = "cpu_1thread"
 DEFAULT_DEVICE = {"min_cores": 1, "min_memory_mib": 0}

@@ -36,7 +36,8 @@ from tierkit.utils.slurm import job_id, requeued_checkpoint
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "conf")
+# The configs ship inside the package (conf/ at the repository root links to them), so an installed tierkit finds them.
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 # What a checkpoint was trained on; resuming takes these from the checkpoint, the rest from the command line.
 MODEL_DEFINING_SECTIONS = ("data", "model", "distill", "teacher", "tier")
 
