@@ -39,7 +39,7 @@ FORCED_QAT = (
     "model.student._target_=tierkit.models.MobileNetV2",
     "~model.student.base_channels",
     "quantization.per_channel=false",
-    "quantization.max_accuracy_drop=-1",
+    "quantization.max_drop_vs_fp32=-1",
 )
 FILES = {"fp32": "fp32.onnx", "fp16": "fp16.onnx", "int8 PTQ": "int8_ptq.onnx", "int8 QAT": "int8_qat.onnx"}
 

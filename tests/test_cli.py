@@ -139,7 +139,7 @@ def test_export_writes_a_valid_manifest_with_verified_fp32_fp16_int8(exported):
     assert teacher["params"] == metrics["teacher"]["params"] and verify_file(out, teacher)
     for v in variants.values():
         assert v["accuracy_drop"] == pytest.approx(teacher["accuracy"] - v["accuracy"])
-        assert v["budgets"] == {"max_accuracy_drop": 0.01, "max_size_kib": 256, "max_latency_ms": 0.3}
+        assert v["budgets"] == {"max_drop_vs_teacher": 0.01, "max_size_kib": 256, "max_latency_ms": 0.3}
         assert v["budget_hardware"] == "cpu_2thread" and v["device"] == {"min_cores": 2, "min_memory_mib": 2048}
     assert manifest["provenance"]["packages"]["onnxruntime"] and manifest["provenance"]["cpu"]["model"]
 
@@ -241,7 +241,7 @@ def test_a_two_task_slurm_job_shares_one_folder_one_teacher_and_one_ddp_fit(tmp_
     and the quantization stage (QAT forced) run in one process; the student's fit is DDP over both tasks."""
     job = 3000 + os.getpid() % 6000  # Lightning derives the rendezvous port from the job id
     args = [*TINY, *PRUNED, "trainer=ddp_cpu", "trainer.devices=2", "quantization=default"]
-    args += ["quantization.max_accuracy_drop=-1", "quantization.qat.epochs=3"]
+    args += ["quantization.max_drop_vs_fp32=-1", "quantization.qat.epochs=3"]
     args += ["quantization.qat.callback.freeze_epoch=2"]
     tasks = [
         subprocess.Popen(

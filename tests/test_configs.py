@@ -4,7 +4,10 @@ import pytest
 from hydra.utils import instantiate
 from lightning import Callback, LightningDataModule, Trainer
 from lightning.pytorch.loggers import Logger
+from omegaconf import open_dict
 
+from tierkit.cli.deprecated import apply_renamed_keys
+from tierkit.cli.export import tier_budgets
 from tierkit.models.build import build_model
 
 from conftest import CONFIG_DIR, compose_train
@@ -38,7 +41,7 @@ def test_model_options_build_teacher_larger_than_student(tmp_path, option, tier)
 def test_tiers_order_students_and_budgets(tmp_path):
     tiers = {t: compose_train(tmp_path, f"tier={t}") for t in ("highend", "midrange", "lowend")}
     widths = [tiers[t].model.student.width for t in ("highend", "midrange", "lowend")]
-    drops = [tiers[t].tier.budgets.max_accuracy_drop for t in ("highend", "midrange", "lowend")]
+    drops = [tiers[t].tier.budgets.max_drop_vs_teacher for t in ("highend", "midrange", "lowend")]
     sizes = [tiers[t].tier.budgets.max_size_kib for t in ("highend", "midrange", "lowend")]
     targets = [tiers[t].callbacks.pruning.target for t in ("highend", "midrange", "lowend")]
     assert targets == sorted(targets) and targets[0] < targets[-1], "light pruning for highend, heavy for lowend"
@@ -123,3 +126,30 @@ def test_every_group_in_the_design_exists():
         "local",
     ):
         assert (CONFIG_DIR / group).is_dir(), group
+
+
+@pytest.mark.parametrize(
+    ("override", "teacher_budget", "fp32_budget"),
+    [
+        ("tier.budgets.max_accuracy_drop=0.03", 0.03, 0.03),  # the training gate follows the tier by default
+        ("quantization.max_accuracy_drop=0.002", 0.01, 0.002),
+    ],
+)
+def test_renamed_budget_keys_still_work_with_a_warning(tmp_path, caplog, override, teacher_budget, fp32_budget):
+    cfg = compose_train(tmp_path, override)
+    apply_renamed_keys(cfg)
+    assert cfg.tier.budgets.max_drop_vs_teacher == teacher_budget
+    assert cfg.quantization.max_drop_vs_fp32 == fp32_budget
+    assert cfg.tier.budgets.max_accuracy_drop is None and cfg.quantization.max_accuracy_drop is None
+    assert f"{override.split('=')[0]} is deprecated" in caplog.text
+
+
+def test_a_tier_saved_before_the_rename_gets_the_new_key(tmp_path):
+    """Resuming a checkpoint written before the rename brings back a tier section with the old key only."""
+    cfg = compose_train(tmp_path)
+    with open_dict(cfg):
+        del cfg.tier.budgets["max_drop_vs_teacher"]
+        cfg.tier.budgets.max_accuracy_drop = 0.04
+    apply_renamed_keys(cfg)
+    assert cfg.tier.budgets.max_drop_vs_teacher == 0.04 and cfg.quantization.max_drop_vs_fp32 == 0.04
+    assert tier_budgets(cfg.tier) == {"max_drop_vs_teacher": 0.04, "max_size_kib": 256, "max_latency_ms": 0.3}

@@ -206,7 +206,7 @@ def escalated_run(tmp_path_factory):
     """A budget no INT8 model can meet (a negative drop) forces escalation to QAT."""
     root = tmp_path_factory.mktemp("qat")
     run = root / "outputs" / "escalated"
-    result = run_cli(root, *QUANT, "quantization.max_accuracy_drop=-1", f"hydra.run.dir={run}")
+    result = run_cli(root, *QUANT, "quantization.max_drop_vs_fp32=-1", f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-3000:]
     return root, run, json.loads((run / "metrics.json").read_text())["quantization"], result
 
@@ -253,7 +253,7 @@ def test_resume_mid_qat_continues_the_qat_stage(escalated_run):
     result = run_cli(
         root,
         *QUANT,
-        "quantization.max_accuracy_drop=-1",
+        "quantization.max_drop_vs_fp32=-1",
         "quantization.qat.epochs=4",
         f"ckpt_path={run / 'checkpoints' / 'qat' / 'last.ckpt'}",
         f"hydra.run.dir={resumed}",
@@ -282,7 +282,7 @@ def test_export_ships_the_qat_model_as_int8(escalated_run, tmp_path):
 
 def test_generous_budget_ships_ptq_without_qat(tmp_path):
     run = tmp_path / "outputs" / "generous"
-    result = run_cli(tmp_path, *QUANT, "quantization.max_accuracy_drop=1.0", f"hydra.run.dir={run}")
+    result = run_cli(tmp_path, *QUANT, "quantization.max_drop_vs_fp32=1.0", f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((run / "metrics.json").read_text())["quantization"]
     assert report["path"] == "ptq" and report["budget_met"] is True and "qat" not in report
@@ -292,7 +292,7 @@ def test_generous_budget_ships_ptq_without_qat(tmp_path):
 
 def test_ptq_only_reports_a_missed_budget_instead_of_shipping_silently(tmp_path):
     run = tmp_path / "outputs" / "ptq"
-    result = run_cli(tmp_path, *QUANT, "quantization=ptq", "quantization.max_accuracy_drop=-1", f"hydra.run.dir={run}")
+    result = run_cli(tmp_path, *QUANT, "quantization=ptq", "quantization.max_drop_vs_fp32=-1", f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((run / "metrics.json").read_text())["quantization"]
     assert report["budget_met"] is False and "QAT is disabled" in report["reason"]
@@ -352,7 +352,7 @@ def test_qat_inside_the_main_fit_exports_its_int8_model(tmp_path):
 
 def test_quantization_stage_after_a_ddp_fit_runs_on_rank_zero_alone(tmp_path):
     run = tmp_path / "outputs" / "ddp"
-    overrides = ["trainer=ddp_cpu", "trainer.max_epochs=2", "quantization.max_accuracy_drop=-1"]
+    overrides = ["trainer=ddp_cpu", "trainer.max_epochs=2", "quantization.max_drop_vs_fp32=-1"]
     result = run_cli(tmp_path, *QUANT, *overrides, f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((run / "metrics.json").read_text())["quantization"]

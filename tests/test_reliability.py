@@ -31,7 +31,7 @@ RECIPE = [
     "callbacks.pruning.round_to=null",
     "callbacks.pruning.target=0.5",
     # A budget no INT8 model meets: the run always goes on to QAT.
-    "quantization.max_accuracy_drop=-1",
+    "quantization.max_drop_vs_fp32=-1",
     "quantization.qat.epochs=3",
     "quantization.qat.callback.freeze_epoch=2",
     "quantization.calibration.samples=128",

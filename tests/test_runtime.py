@@ -108,7 +108,7 @@ def export(tmp_path) -> Path:
                 "cpu_classes": list(CPU_CLASSES),
                 **({"weight_bits": 7, "reduce_range": True} if precision == "int8" else {}),
                 "why": "meets its tier's budgets" if ships else "highend-fp32 is more accurate",
-                "budgets": {"max_accuracy_drop": 0.05, "max_size_kib": 64.0, "max_latency_ms": 5.0},
+                "budgets": {"max_drop_vs_teacher": 0.05, "max_size_kib": 64.0, "max_latency_ms": 5.0},
                 "checks": {"accuracy": True, "size": True, "latency": True},
                 "device": {"min_memory_mib": memory, "min_cores": cores},
                 "latency": rows,
@@ -444,4 +444,14 @@ def test_each_cpu_class_has_one_pick_per_tier(export):
         validate_manifest(manifest, str(export))
     manifest["variants"][-1]["ships_for"] = ["x86_vnni", "risc-v"]
     with pytest.raises(ManifestError, match=r"ships_for\[1\] must be one of"):
+        validate_manifest(manifest, str(export))
+
+
+def test_a_manifest_from_before_the_budget_rename_still_validates(export):
+    manifest = json.loads(export.read_text())
+    for variant in manifest["variants"]:
+        variant["budgets"]["max_accuracy_drop"] = variant["budgets"].pop("max_drop_vs_teacher")
+    validate_manifest(manifest, str(export))
+    del manifest["variants"][0]["budgets"]["max_accuracy_drop"]
+    with pytest.raises(ManifestError, match=r"variants\[0\]\.budgets\.max_drop_vs_teacher is missing"):
         validate_manifest(manifest, str(export))

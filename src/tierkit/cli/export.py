@@ -257,7 +257,7 @@ def export_variants(run: Run, cfg: DictConfig, out: Path, folder_name: str) -> l
                 **described,
                 "run": str(run.folder),
                 "seed": config.get("seed"),
-                "budgets": OmegaConf.to_container(tier.budgets),
+                "budgets": tier_budgets(tier),
                 "budget_hardware": tier.get("budget_hardware", DEFAULT_BUDGET_HARDWARE),
                 "allowed_precisions": list(tier.get("precisions", PRECISIONS)),
                 "device": OmegaConf.to_container(tier.device) if "device" in tier else dict(DEFAULT_DEVICE),
@@ -265,6 +265,16 @@ def export_variants(run: Run, cfg: DictConfig, out: Path, folder_name: str) -> l
             }
         )
     return variants
+
+
+def tier_budgets(tier: DictConfig) -> dict:
+    """A run's tier budgets under today's names: runs trained before the rename call the accuracy budget
+    max_accuracy_drop."""
+    budgets = OmegaConf.to_container(tier.budgets)
+    old = budgets.pop("max_accuracy_drop", None)
+    if budgets.get("max_drop_vs_teacher") is None:
+        budgets["max_drop_vs_teacher"] = old
+    return budgets
 
 
 def export_teacher(runs: list[Run], out: Path) -> dict:

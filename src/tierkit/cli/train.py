@@ -15,6 +15,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 import tierkit.utils.resolvers  # noqa: F401  (registers the config resolvers)
+from tierkit.cli.deprecated import apply_renamed_keys
 from tierkit.distill.module import check_distill_settings
 from tierkit.errors import TierkitError
 from tierkit.models.build import model_name
@@ -101,6 +102,7 @@ STAGES = ("train", "finetune")
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole recipe for one config (or fine-tune a finished run) and return metrics.json's content."""
+    apply_renamed_keys(cfg)
     stage = cfg.get("stage", "train")
     if stage not in STAGES:
         raise TierkitError(f"unknown stage {stage!r}", where="stage", fix=f"use one of {', '.join(STAGES)}")
@@ -112,6 +114,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
     started = time.perf_counter()
     ckpt_path, saved, cfg = resolve_resume(cfg)
+    apply_renamed_keys(cfg)  # a checkpoint from before the rename brings the old keys back
     check_distill_settings(**cfg.distill)
     check_qat_callback_schedule(cfg.get("callbacks"))
     if cfg.quantization.enabled:

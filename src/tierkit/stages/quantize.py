@@ -111,10 +111,10 @@ def quantize_student(
     out = Path(cfg.paths.output_dir) / "quantization"
     student, config = load_student(fp32_checkpoint)
     shape = tuple(config.data.input_shape)
-    budget = float(settings.max_accuracy_drop)
+    budget = float(settings.max_drop_vs_fp32)
     reduce_range = needs_reduced_range() if settings.reduce_range is None else bool(settings.reduce_range)
     report: dict[str, Any] = {
-        "max_accuracy_drop": budget,
+        "max_drop_vs_fp32": budget,
         "reduce_range": reduce_range,
         "per_channel": bool(settings.per_channel),
     }
