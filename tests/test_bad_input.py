@@ -246,6 +246,7 @@ def run_case(root: Path, case: Case, places: dict[str, Path], run_dir: Path) -> 
     return run_cli(root, *TINY, *args, f"hydra.run.dir={run_dir}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[case.shown for case in CASES])
 def test_bad_input_gets_one_clear_message_and_damages_nothing(workspace, case):
     root, places, protected = workspace

@@ -1,10 +1,12 @@
 """Every option of every config group composes, and the objects it names can be built."""
 
+import inspect
+
 import pytest
 from hydra.utils import instantiate
 from lightning import Callback, LightningDataModule, Trainer
 from lightning.pytorch.loggers import Logger
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from tierkit.cli.deprecated import apply_renamed_keys
 from tierkit.cli.export import tier_budgets
@@ -65,8 +67,9 @@ def test_hardware_options_describe_ort_settings(tmp_path, option):
 @pytest.mark.parametrize("option", options("trainer"))
 def test_trainer_options_compose(tmp_path, option):
     cfg = compose_train(tmp_path, f"trainer={option}")
-    if option in ("gpu", "ddp"):
-        assert cfg.trainer.accelerator == "gpu"  # cannot instantiate without a GPU
+    if option in ("gpu", "ddp"):  # cannot instantiate without a GPU: every key must still be one Trainer takes
+        settings = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k != "_target_"}
+        inspect.signature(Trainer).bind(**settings)
         return
     trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
     assert isinstance(trainer, Trainer)
@@ -91,10 +94,24 @@ def test_callback_options_instantiate(tmp_path, option):
 
 
 @pytest.mark.parametrize("group", ["debug", "experiment"])
-def test_bundles_compose(tmp_path, group):
+def test_bundles_set_what_they_say(tmp_path, group):
+    """Every value a bundle sets (its own file, not the groups it pulls in) is in the composed config."""
     for option in options(group):
         cfg = compose_train(tmp_path, f"{group}={option}")
-        assert cfg.task_name
+        bundle = OmegaConf.load(CONFIG_DIR / group / f"{option}.yaml")
+        values = {k: v for k, v in _leaves(OmegaConf.to_container(bundle)) if k != "defaults"}
+        values = {k: v for k, v in values.items() if not (isinstance(v, str) and "${" in v)}
+        assert values or option == "default", f"{group}={option} sets nothing of its own"
+        for key, value in values.items():
+            assert OmegaConf.select(cfg, key) == value, f"{group}={option} sets {key}={value!r}"
+
+
+def _leaves(node, prefix: str = ""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, f"{prefix}{key}" if not prefix else f"{prefix}.{key}")
+    else:
+        yield prefix, node
 
 
 def test_hparams_search_switches_on_optuna(tmp_path):

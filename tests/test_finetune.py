@@ -100,6 +100,7 @@ def tuned_run(pruned_run):
     return root, source, run, result
 
 
+@pytest.mark.slow
 def test_finetune_keeps_the_pruned_structure_and_reports_before_and_after(tuned_run):
     _, source, run, result = tuned_run
     metrics = json.loads((run / "metrics.json").read_text())
@@ -121,6 +122,7 @@ def test_finetune_keeps_the_pruned_structure_and_reports_before_and_after(tuned_
     assert metrics["quantization"]["path"] == "ptq", "the tuned student goes through the quantization stage"
 
 
+@pytest.mark.slow
 def test_a_finetuned_run_exports_like_any_other(tuned_run, tmp_path):
     root, _, run, _ = tuned_run
     out = tmp_path / "export"
@@ -133,6 +135,7 @@ def test_a_finetuned_run_exports_like_any_other(tuned_run, tmp_path):
     assert int8["params"] == json.loads((run / "metrics.json").read_text())["student"]["params"]
 
 
+@pytest.mark.slow
 def test_a_qat_student_keeps_its_frozen_quantization(tmp_path):
     source = tmp_path / "outputs" / "qat"
     qat = ["callbacks=qat", "~callbacks.pruning", "callbacks.qat.start_epoch=0", "callbacks.qat.activations_epoch=0"]
@@ -151,6 +154,7 @@ def test_a_qat_student_keeps_its_frozen_quantization(tmp_path):
     assert observed and all(torch.equal(before.state_dict()[n], after.state_dict()[n]) for n in observed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -167,6 +171,7 @@ def test_finetune_mistakes_fail_before_training(tmp_path, args, message):
     assert not list(tmp_path.glob("outputs/**/checkpoints/*.ckpt"))
 
 
+@pytest.mark.slow
 def test_uncompressed_source_or_mismatched_data_is_refused(pruned_run, tmp_path):
     root, source = pruned_run
     plain = tmp_path / "outputs" / "plain"

@@ -115,6 +115,7 @@ def _submitit_times(log: Path) -> tuple[datetime, datetime]:
     return stamps["Starting with"], stamps["Job completed"]
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_the_jobs_in_parallel_each_in_its_own_folder_with_one_teacher(sweep):
     root, sweep = sweep
     metrics = [json.loads((sweep / str(n) / "metrics.json").read_text()) for n in (0, 1)]
@@ -160,6 +161,7 @@ def test_every_job_logs_its_own_grouped_wandb_run_with_stages_table_and_onnx_art
     assert runs[0].run_id != runs[1].run_id
 
 
+@pytest.mark.slow
 def test_export_logs_the_tier_table_pareto_plot_and_files_to_wandb(sweep):
     root, sweep = sweep
     out = root / "exports" / "tiers"
@@ -183,6 +185,7 @@ def test_export_logs_the_tier_table_pareto_plot_and_files_to_wandb(sweep):
     assert artifacts(records)["export"] == sorted(["manifest.json", "pareto.png", "report.md", *files])
 
 
+@pytest.mark.slow
 def test_a_failed_job_finishes_its_wandb_run_so_the_next_job_gets_its_own(tmp_path):
     # The basic launcher runs both jobs in one process; a learning rate of 1e30 makes job 0's loss NaN.
     sweep = tmp_path / "multirun" / "nan"
@@ -269,6 +272,7 @@ def test_slurm_job_array_is_specified_as_sbatch_would_receive_it(tmp_path, monke
     assert [(job.args[0], job.args[2]) for job in jobs] == [(["tier=lowend"], 0), (["tier=midrange"], 1)]
 
 
+@pytest.mark.slow
 def test_a_slurm_launch_without_slurm_stops_before_any_job(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # no sbatch, whatever this machine has
     sweep = tmp_path / "multirun" / "slurm"
@@ -288,6 +292,7 @@ def test_a_slurm_launch_without_slurm_stops_before_any_job(tmp_path, monkeypatch
         ["hparams_search=accuracy", "optimizer.lrr=interval(0.001,0.01)", "hydra/launcher=local"],
     ],
 )
+@pytest.mark.slow
 def test_a_sweep_over_an_unknown_key_stops_at_launch(tmp_path, args):
     sweep = tmp_path / "multirun" / "unknown"
     result = run_cli(tmp_path, "-m", *args, *TINY, f"hydra.sweep.dir={sweep}")
@@ -312,6 +317,7 @@ TIERS = "highend, lowend, midrange"
         (["hparams_search=accuracy", "+hydra.sweeper.params.tier='choice(lowend, ultra)'"], "tier", "ultra", TIERS),
     ],
 )
+@pytest.mark.slow
 def test_a_sweep_over_a_misspelled_group_option_stops_at_launch(tmp_path, args, group, bad, options):
     sweep = tmp_path / "multirun" / "typo"
     result = run_cli(tmp_path, "-m", *args, *TINY, f"hydra.sweep.dir={sweep}")

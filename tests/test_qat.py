@@ -211,11 +211,13 @@ def escalated_run(tmp_path_factory):
     return root, run, json.loads((run / "metrics.json").read_text())["quantization"], result
 
 
+@pytest.mark.slow
 def test_escalation_runs_qat_when_ptq_misses_the_budget(escalated_run):
     _, run, report, result = escalated_run
     assert "qat" in report and report["qat"]["float_compute_ops"] == []
     assert report["budget_met"] is False and "BUDGET MISSED" in report["reason"]
-    assert report["path"] in ("ptq", "qat")
+    more_accurate = "qat" if report["qat"]["val_acc"] >= report["ptq"]["val_acc"] else "ptq"
+    assert report["path"] == more_accurate, "the INT8 model more accurate on validation ships"
     assert (run / "checkpoints" / "qat" / "best.ckpt").is_file()
     assert "INT8 path" in result.stdout
     assert {"fp32.onnx", "fp16.onnx", "int8_ptq.onnx", "int8_qat.onnx"} <= {
@@ -223,11 +225,13 @@ def test_escalation_runs_qat_when_ptq_misses_the_budget(escalated_run):
     }
 
 
+@pytest.mark.slow
 def test_qat_accuracy_in_pytorch_and_onnx_runtime_agree(escalated_run):
     _, _, report, _ = escalated_run
     assert abs(report["qat"]["pytorch_test_acc"] - report["qat"]["test_acc"]) <= 0.003
 
 
+@pytest.mark.slow
 def test_stages_switched_at_the_configured_epochs(escalated_run):
     _, run, _, _ = escalated_run
     checkpoint = torch.load(run / "checkpoints" / "qat" / "last.ckpt", weights_only=True)
@@ -239,6 +243,7 @@ def test_stages_switched_at_the_configured_epochs(escalated_run):
     ]
 
 
+@pytest.mark.slow
 def test_qat_checkpoint_reloads_prepared_for_export(escalated_run, tmp_path):
     _, run, _, _ = escalated_run
     student, config = load_student(run / "checkpoints" / "qat" / "last.ckpt")
@@ -247,6 +252,7 @@ def test_qat_checkpoint_reloads_prepared_for_export(escalated_run, tmp_path):
     assert float_compute_ops(path) == []
 
 
+@pytest.mark.slow
 def test_resume_mid_qat_continues_the_qat_stage(escalated_run):
     root, run, _, _ = escalated_run
     resumed = root / "outputs" / "resumed"
@@ -264,22 +270,23 @@ def test_resume_mid_qat_continues_the_qat_stage(escalated_run):
     assert not (resumed / "checkpoints" / "best.ckpt").exists(), "the FP32 stage must not run again"
 
 
+@pytest.mark.slow
 def test_export_ships_the_qat_model_as_int8(escalated_run, tmp_path):
     root, run, report, _ = escalated_run
-    if report["path"] != "qat":
-        pytest.skip("PTQ was at least as accurate as QAT on this run, so PTQ ships")
     out = tmp_path / "exports"
     quick = ["profiling.hardware=[cpu_2thread]", "profiling.repeats=10", "profiling.operator_runs=5"]
     result = run_cli(root, f"run={run}", f"output_dir={out}", "precisions=[int8]", *quick, script="export.py")
     assert result.returncode == 0, result.stderr[-3000:]
     variants = json.loads((out / "manifest.json").read_text())["variants"]
-    # The QAT model in the weight range it trained in; the other range from post-training quantization.
+    # Where QAT shipped: its model in the weight range it trained in, the other range from post-training
+    # quantization. Where PTQ shipped: both ranges from post-training quantization.
     methods = {v["weight_bits"]: v["int8_method"] for v in variants}
     trained = 7 if needs_reduced_range() else 8
-    assert methods == {trained: "qat", 15 - trained: "ptq"}
+    assert methods == {trained: report["path"], 15 - trained: "ptq"}
     assert all(v["float_compute_ops"] == [] for v in variants)
 
 
+@pytest.mark.slow
 def test_generous_budget_ships_ptq_without_qat(tmp_path):
     run = tmp_path / "outputs" / "generous"
     result = run_cli(tmp_path, *QUANT, "quantization.max_drop_vs_fp32=1.0", f"hydra.run.dir={run}")
@@ -290,6 +297,7 @@ def test_generous_budget_ships_ptq_without_qat(tmp_path):
     assert not (run / "checkpoints" / "qat").exists()
 
 
+@pytest.mark.slow
 def test_ptq_only_reports_a_missed_budget_instead_of_shipping_silently(tmp_path):
     run = tmp_path / "outputs" / "ptq"
     result = run_cli(tmp_path, *QUANT, "quantization=ptq", "quantization.max_drop_vs_fp32=-1", f"hydra.run.dir={run}")
@@ -299,6 +307,7 @@ def test_ptq_only_reports_a_missed_budget_instead_of_shipping_silently(tmp_path)
     assert "BUDGET MISSED" in result.stdout
 
 
+@pytest.mark.slow
 def test_pruning_that_overlaps_qat_is_refused_before_training(tmp_path):
     result = run_cli(tmp_path, *FAST, "callbacks=qat", "callbacks.qat.start_epoch=5", "callbacks.pruning.end_epoch=8")
     assert result.returncode == 2
@@ -332,6 +341,7 @@ def test_freezing_activation_ranges_that_never_saw_a_batch_fails_at_once():
     require_observed_ranges(_calibrated(SmallCNN(SHAPE, 4, width=0.5)))
 
 
+@pytest.mark.slow
 def test_qat_inside_the_main_fit_exports_its_int8_model(tmp_path):
     run = tmp_path / "outputs" / "infit"
     result = run_cli(
@@ -350,6 +360,7 @@ def test_qat_inside_the_main_fit_exports_its_int8_model(tmp_path):
     assert qat_stage(student) == "frozen"
 
 
+@pytest.mark.slow
 def test_quantization_stage_after_a_ddp_fit_runs_on_rank_zero_alone(tmp_path):
     run = tmp_path / "outputs" / "ddp"
     overrides = ["trainer=ddp_cpu", "trainer.max_epochs=2", "quantization.max_drop_vs_fp32=-1"]

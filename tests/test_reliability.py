@@ -16,6 +16,9 @@ from tierkit.runtime import load_manifest, verify_file
 
 from conftest import FAST, QUICK_PROFILE, REPO, fake_slurm
 
+# Every test here runs the entry points as subprocesses: the full suite's tier (pytest -m 'not slow' skips it).
+pytestmark = pytest.mark.slow
+
 TESTS = Path(__file__).resolve().parent
 # Digits (360 test images): small enough to train in seconds, hard enough that accuracies differ.
 RECIPE = [

@@ -310,6 +310,7 @@ def test_model_that_does_not_match_its_manifest_is_refused(export):
         open_session(export, selection)
 
 
+@pytest.mark.slow
 def test_cli_select_and_predict(export, tmp_path):
     device = tmp_path / "device.json"
     device.write_text(json.dumps({"cores": 2, "memory_mib": 1024}))
@@ -338,6 +339,7 @@ def test_cli_select_and_predict(export, tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_cli_reports_no_fit_and_bad_device_as_errors(export, tmp_path):
     device = tmp_path / "device.json"
     device.write_text(json.dumps({"cores": 1, "memory_mib": 128}))
@@ -364,6 +366,7 @@ def test_detect_device_is_sane():
     assert DeviceInfo.from_dict(json.loads(json.dumps(device.to_dict()))) == device
 
 
+@pytest.mark.slow
 def test_runtime_imports_no_torch():
     """The runtime must install on devices with only onnxruntime and numpy."""
     code = (

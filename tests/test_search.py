@@ -7,6 +7,9 @@ import yaml
 
 from conftest import run_cli
 
+# Every test here runs the entry points as subprocesses: the full suite's tier (pytest -m 'not slow' skips it).
+pytestmark = pytest.mark.slow
+
 SEARCH = [
     "-m",
     "hparams_search=pareto",

@@ -1,0 +1,60 @@
+"""The whole pipeline in-process: train(cfg) through the quantization stage, then export(cfg) and the runtime's pick.
+
+The fast tier's end-to-end check: the entry points as users type them run as subprocesses in test_cli.py (slow).
+"""
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from tierkit.cli.export import export
+from tierkit.cli.train import train
+from tierkit.runtime import DeviceInfo, load_manifest, select_variant, verify_file
+
+from conftest import CONFIG_DIR, FAST, QUICK_PROFILE, compose_train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    overrides = [*FAST, "debug=tiny", "quantization=ptq", "quantization.calibration.samples=64"]
+    # Budgets any variant meets, so that what is tested is shipping and selection, not this tiny model's accuracy.
+    loose = [
+        "tier.budgets.max_drop_vs_teacher=1.0",
+        "tier.budgets.max_size_kib=100000",
+        "tier.budgets.max_latency_ms=100",
+    ]
+    cfg = compose_train(root, *overrides, *loose, "quantization.calibration.batch_size=32")
+    return root, train(cfg)
+
+
+def test_train_returns_what_it_writes_to_metrics_json(trained):
+    root, metrics = trained
+    run = root / "run"
+    assert json.loads((run / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    assert metrics["quantization"]["path"] == "ptq" and metrics["quantization"]["ptq"]["float_compute_ops"] == []
+    assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "quantization" / "int8_ptq.onnx").is_file()
+    assert metrics["student"]["params"] < metrics["teacher"]["params"]
+
+
+def test_export_ships_a_variant_the_runtime_can_pick(trained):
+    root, _ = trained
+    out = root / "exports" / "e1"
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("export", overrides=[f"run={root / 'run'}", f"output_dir={out}", *QUICK_PROFILE])
+    manifest = export(cfg)
+    assert load_manifest(out / "manifest.json") == json.loads(json.dumps(manifest))
+    names = {v["name"] for v in manifest["variants"]}
+    assert names == {"midrange-fp32", "midrange-fp16", "midrange-int8", "midrange-int8-w7"}
+    assert all(all(v["checks"].values()) for v in manifest["variants"])
+    (winner,) = [v for v in manifest["variants"] if v["ships"]]
+    targets = sorted(target for v in manifest["variants"] for target in v["ships_for"])
+    assert targets == ["arm", "unknown_cpu", "x86_no_vnni", "x86_vnni"], "one pick per CPU class"
+    for flags in (["avx2"], ["avx2", "avx512_vnni"]):  # x86 without and with VNNI
+        selection = select_variant(manifest, DeviceInfo(cores=2, memory_mib=4096, cpu_flags=flags))
+        assert verify_file(out, selection.variant)
+        if "avx512_vnni" in flags:
+            assert selection.variant["name"] == winner["name"]
+        else:
+            assert selection.variant.get("weight_bits") != 8, "full-range INT8 never runs without VNNI"
