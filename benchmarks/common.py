@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from hydra import compose, initialize_config_dir
 
-from tierkit.cli.train import CONFIG_DIR, train
+from tierkit.cli.train import train
+from tierkit.conf import CONFIG_DIR
 
 
 def cpu_model() -> str:
@@ -52,7 +53,7 @@ def save_results(name: str, payload: dict, table_lines: list[str] | None = None,
 
 def train_with(overrides: list[str], output_dir: Path) -> dict[str, Any]:
     """Compose conf/train.yaml with ``overrides`` and train; returns metrics.json's content."""
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"paths.output_dir={output_dir}", "~callbacks.progress", *overrides])
     return train(cfg)
 

@@ -31,8 +31,7 @@ from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 from benchmarks.baselines import modelpruning_copy, ort_default_int8, zero_fraction
 from benchmarks.common import RESULTS, describe, save_results, train_with
 from benchmarks.train_loop import kd_epoch_seconds, lightning_steps_per_second, plain_steps_per_second
-from tierkit.cli.export import export
-from tierkit.cli.train import CONFIG_DIR
+from tierkit.conf import CONFIG_DIR
 from tierkit.distill.module import freeze
 from tierkit.models.build import build_model
 from tierkit.models.checkpoint import load_student
@@ -41,6 +40,7 @@ from tierkit.profile.latency import ort_session
 from tierkit.profile.settings import load_settings
 from tierkit.profile.variants import profile_models
 from tierkit.quant import calibration_samples
+from tierkit.stages.export import export
 from tierkit.stages.teacher import obtain_teacher
 from tierkit.utils.instantiate import instantiate
 from tierkit.utils.noise import silence_known_noise
@@ -102,7 +102,7 @@ QUICK = Mode(
 
 
 def base_config(scratch: Path, mode: Mode, cache: list[str]):
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return compose("train", overrides=[f"paths.output_dir={scratch / 'base'}", *cache, *mode.data])
 
 
@@ -113,7 +113,7 @@ def student_file(metrics: dict, out: Path, shape: tuple[int, ...]) -> Path:
 
 def tier_files(tiers: Path, out: Path, mode: Mode) -> dict[str, Path]:
     """`python export.py` over the tier runs (profiling only what choosing the shipped variant needs)."""
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
             "export",
             overrides=[
@@ -170,7 +170,7 @@ def build_files(scratch: Path, mode: Mode, tiers: Path | None, cache: list[str])
 
 
 def measure_models(files: dict[str, Path], datamodule, mode: Mode) -> list[dict]:
-    settings, _ = load_settings(REPO / "conf" / "hardware", list(SETTINGS), ["ORT_ENABLE_ALL"])
+    settings, _ = load_settings(CONFIG_DIR / "hardware", list(SETTINGS), ["ORT_ENABLE_ALL"])
     shape = list(datamodule.input_shape)
     print(f"timing {len(files)} models interleaved under {', '.join(SETTINGS)}", flush=True)
     latency = profile_models(

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from benchmarks.common import RESULTS, describe, save_results
 from benchmarks.common import run_command as run
-from tierkit.cli.train import CONFIG_DIR
+from tierkit.conf import CONFIG_DIR
 from tierkit.onnxio.verify import float_compute_ops
 
 VARIANTS = {"labels alone (alpha 0)": "finetune.alpha=0.0", "with the teacher (alpha 0.5)": "finetune.alpha=0.5"}
@@ -38,7 +38,7 @@ def save_shift_preview(path: Path) -> None:
     """Eight test digits as trained on (top) and as the camera shift delivers them (bottom)."""
     figure = Figure(figsize=(8, 2.3), dpi=100)
     for row, overrides in enumerate(([], ["shift=camera"])):
-        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
             cfg = compose("train", overrides=overrides)
         data = hydra.utils.instantiate(cfg.data)
         data.setup()

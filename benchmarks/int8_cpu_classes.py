@@ -25,7 +25,7 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 from benchmarks.common import describe, save_results
-from tierkit.cli.train import CONFIG_DIR
+from tierkit.conf import CONFIG_DIR
 from tierkit.onnxio import export_onnx, onnx_accuracy
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
 from tierkit.quant import calibration_samples, quantize_int8
@@ -62,7 +62,7 @@ def datasets(epochs: int) -> dict[str, list[str]]:
 
 
 def teacher_and_data(overrides: list[str], scratch: Path):
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"paths.output_dir={scratch}", "~callbacks.progress", *overrides])
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.setup()

@@ -25,7 +25,7 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 from benchmarks.common import describe, save_results, train_with
-from tierkit.cli.train import CONFIG_DIR
+from tierkit.conf import CONFIG_DIR
 from tierkit.onnxio import export_onnx, onnx_accuracy
 from tierkit.onnxio.verify import float_compute_ops
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
@@ -46,7 +46,7 @@ FILES = {"fp32": "fp32.onnx", "fp16": "fp16.onnx", "int8 PTQ": "int8_ptq.onnx", 
 
 def teacher_files(scratch: Path) -> tuple[dict[str, Path], object]:
     """The default teacher exported in FP32, FP16 and post-training INT8, and its datamodule."""
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"paths.output_dir={scratch}", "~callbacks.progress"])
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.setup()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tierkit"
 FLOORS = [
-    {"errors", "runtime"},
+    {"errors", "runtime", "conf"},
     {"utils"},
     {"data", "models"},
     {"onnxio", "distill"},

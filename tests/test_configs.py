@@ -9,7 +9,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf, open_dict
 
 from tierkit.cli.deprecated import apply_renamed_keys
-from tierkit.cli.export import tier_budgets
+from tierkit.export.variants import tier_budgets
 from tierkit.models.build import build_model
 
 from conftest import CONFIG_DIR, compose_train

@@ -9,12 +9,12 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from tierkit.cli.export import Run, int8_weight_bits, variant_files
 from tierkit.data import SyntheticDataModule
 from tierkit.errors import TierkitError
 from tierkit.export.cpu_classes import int8_cpu_facts
 from tierkit.export.report import _pareto_front, plot_pareto, render_report
 from tierkit.export.tiers import choose_shipping
+from tierkit.export.variants import Run, int8_weight_bits, variant_files
 from tierkit.models import SmallCNN
 from tierkit.models.checkpoint import load_student
 from tierkit.onnxio import export_onnx
@@ -231,15 +231,14 @@ def test_an_invalid_onnx_file_is_refused_with_its_path(tmp_path, small_models):
 
 
 @pytest.mark.parametrize(
-    ("trained", "override", "expected"), [(False, None, False), (False, True, True), (None, None, True)]
+    ("trained", "override", "expected"), [(False, None, False), (False, True, True), (True, None, True)]
 )
 def test_ptq_export_quantizes_weights_as_the_run_did_unless_told_otherwise(tmp_path, trained, override, expected):
-    """A run trained with quantization.per_channel=false targets a runtime without per-channel kernels; a run
-    from before the setting existed quantized per channel."""
+    """A run trained with quantization.per_channel=false targets a runtime without per-channel kernels."""
     shape = (1, 16, 16)
     data = SyntheticDataModule(input_shape=list(shape), num_classes=4, mean=[0.5], std=[0.3], num_samples=64)
     data.setup()
-    quantization = {} if trained is None else {"per_channel": trained}
+    quantization = {"per_channel": trained}
     run = Run(
         tmp_path,
         SmallCNN(shape, 4, width=0.5).eval(),
@@ -295,7 +294,8 @@ def test_export_writes_both_weight_ranges_with_their_cpu_facts(tmp_path):
     data = SyntheticDataModule(input_shape=list(shape), num_classes=4, mean=[0.5], std=[0.3], num_samples=64)
     data.setup()
     torch.manual_seed(0)
-    run = Run(tmp_path, SmallCNN(shape, 4, width=0.5).eval(), OmegaConf.create({"data": {"input_shape": list(shape)}}))
+    config = OmegaConf.create({"data": {"input_shape": list(shape)}, "quantization": {"per_channel": True}})
+    run = Run(tmp_path, SmallCNN(shape, 4, width=0.5).eval(), config)
     cfg = OmegaConf.create(
         {
             "checkpoint": "best",

@@ -8,9 +8,9 @@ import json
 import pytest
 from hydra import compose, initialize_config_dir
 
-from tierkit.cli.export import export
 from tierkit.cli.train import train
 from tierkit.runtime import DeviceInfo, load_manifest, select_variant, verify_file
+from tierkit.stages.export import export
 
 from conftest import CONFIG_DIR, FAST, QUICK_PROFILE, compose_train
 

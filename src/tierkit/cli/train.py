@@ -1,4 +1,8 @@
-"""`python train.py`: one Hydra run trains (or loads) the teacher, then distils the tier's student."""
+"""`python train.py`: config, dispatch and exit codes for one Hydra run.
+
+It resolves what to resume from, checks the settings, and hands over to the recipe (tierkit.stages.run) or to
+device fine-tuning (tierkit.stages.finetune); the value it returns is what sweepers optimize.
+"""
 
 import logging
 import signal
@@ -8,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -16,29 +19,20 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 import tierkit.utils.resolvers  # noqa: F401  (registers the config resolvers)
 from tierkit.cli.deprecated import apply_renamed_keys
+from tierkit.conf import CONFIG_DIR
 from tierkit.distill.module import check_distill_settings
 from tierkit.errors import TierkitError
-from tierkit.models.build import model_name
-from tierkit.prune import StructuredPruning
-from tierkit.prune.surgery import leave_distributed
 from tierkit.quant.callback import check_qat_callback_schedule
 from tierkit.stages.finetune import finetune
-from tierkit.stages.fit import fit_student, test_checkpoint
-from tierkit.stages.quantize import check_qat_schedule, quantize_student
-from tierkit.stages.teacher import obtain_teacher
-from tierkit.stages.trainer import FitCheckpoints
-from tierkit.tracking import finishing_wandb_run, log_run_results
-from tierkit.utils.files import load_torch, write_json
-from tierkit.utils.instantiate import instantiate, instantiate_loggers
-from tierkit.utils.model_stats import model_stats
+from tierkit.stages.quantize import check_qat_schedule
+from tierkit.stages.run import run_recipe
+from tierkit.tracking import finishing_wandb_run
+from tierkit.utils.files import load_torch
 from tierkit.utils.noise import silence_known_noise
-from tierkit.utils.report import print_run_summary
 from tierkit.utils.slurm import job_id, requeued_checkpoint
 
 log = logging.getLogger(__name__)
 
-# The configs ship inside the package (conf/ at the repository root links to them), so an installed tierkit finds them.
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 # What a checkpoint was trained on; resuming takes these from the checkpoint, the rest from the command line.
 MODEL_DEFINING_SECTIONS = ("data", "model", "distill", "teacher", "tier")
 
@@ -119,59 +113,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_qat_callback_schedule(cfg.get("callbacks"))
     if cfg.quantization.enabled:
         check_qat_schedule(cfg.quantization)
-    datamodule: L.LightningDataModule = instantiate(cfg.data, where="data")
-    datamodule.setup()
-
-    teacher, teacher_info = None, {}
-    if cfg.distill.alpha > 0:
-        teacher, teacher_info = obtain_teacher(cfg, datamodule)
-    loggers = instantiate_loggers(cfg.get("logger"))
-
-    resume_qat = ckpt_path if saved.get("fp32_checkpoint") else None
-    if resume_qat:
-        checkpoints, trainer = FitCheckpoints(best=saved["fp32_checkpoint"]), None
-        module, test = test_checkpoint(cfg, datamodule, teacher, checkpoints.best)
-        epochs = None
-    else:
-        trainer, module, checkpoints, test = fit_student(cfg, datamodule, teacher, loggers, ckpt_path)
-        epochs = trainer.current_epoch
-        leave_distributed(trainer)
-    best_path = checkpoints.best
-
-    metrics = {
-        "tier": cfg.tier.name,
-        "seed": cfg.seed,
-        "epochs": epochs,
-        "student": {
-            "architecture": model_name(cfg.model.student),
-            "test_acc": test["test/acc"],
-            "val_acc_best": checkpoints.best_score,
-            "agreement": test.get("test/agreement"),
-            **model_stats(module.student, datamodule.input_shape),
-        },
-        "checkpoints": {"best": checkpoints.best, "last": checkpoints.last},
-    }
-    pruning = next((c for c in trainer.callbacks if isinstance(c, StructuredPruning)), None) if trainer else None
-    if pruning is not None:
-        metrics["pruning"] = {"target": pruning.target, "steps_done": pruning.steps_done, "history": pruning.history}
-    if teacher is not None:
-        metrics["teacher"] = {
-            "architecture": model_name(cfg.model.teacher),
-            "test_acc": test.get("test/teacher_acc"),
-            "source": teacher_info.get("path"),
-            **model_stats(teacher, datamodule.input_shape),
-        }
-    is_global_zero = trainer is None or trainer.is_global_zero
-    if cfg.quantization.enabled and best_path and is_global_zero:
-        metrics["quantization"] = quantize_student(cfg, datamodule, teacher, Path(best_path), loggers, resume_qat)
-        shipped = metrics["quantization"][metrics["quantization"]["path"]]
-        metrics["student"].update(int8_bytes=shipped["bytes"], int8_test_acc=shipped["test_acc"])
-    metrics["train_seconds"] = round(time.perf_counter() - started, 1)
-    if is_global_zero:
-        write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
-        print_run_summary(metrics)
-        log_run_results(loggers, metrics, Path(cfg.paths.output_dir))
-    return metrics
+    return run_recipe(cfg, ckpt_path, saved, started)
 
 
 def resume_hint(output_dir: Path) -> str:
@@ -202,7 +144,7 @@ def objective(metrics: dict[str, Any], names: str | list[str] | None) -> float |
     return values
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | list[float] | None:
     """Hydra entry point; returns ``optimized_metric`` for sweepers."""
     silence_known_noise()

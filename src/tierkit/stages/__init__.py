@@ -1,1 +1,2 @@
-"""Pipeline stages above the toolboxes: each one builds and runs its Trainers (quantize, finetune)."""
+"""Pipeline stages above the toolboxes: teacher, fit, quantize, finetune and export, and the run that chains the
+first three (stages.run). The only place Trainers are built (stages.trainer)."""

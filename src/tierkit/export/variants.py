@@ -1,0 +1,284 @@
+"""The runs an export covers and the files it makes of each: FP32, FP16 and one INT8 file per weight range,
+verified against PyTorch and described for the manifest (digest, size, accuracy, cost, CPU-class facts)."""
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
+
+from tierkit.distill.teacher import find_run_teacher, load_teacher
+from tierkit.errors import TierkitError
+from tierkit.export.cpu_classes import float_cpu_facts, int8_cpu_facts
+from tierkit.export.tiers import PRECISIONS
+from tierkit.models.checkpoint import load_student
+from tierkit.models.qat import float_copy, is_prepared, qat_settings
+from tierkit.onnxio import export_onnx, max_output_difference, onnx_accuracy
+from tierkit.onnxio.verify import check_onnx, float_compute_ops
+from tierkit.profile import ort_session
+from tierkit.quant import calibration_samples, convert_fp16, quantize_int8
+from tierkit.quant.qdq import export_qat_onnx
+from tierkit.runtime import sha256_of
+from tierkit.runtime.cpu import REDUCED_WEIGHT_BITS
+from tierkit.utils.instantiate import instantiate
+from tierkit.utils.model_stats import model_stats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """A run folder with the student and config its checkpoint holds."""
+
+    folder: Path
+    student: nn.Module
+    config: DictConfig
+    name: str = ""
+
+
+def find_runs(cfg: DictConfig) -> list[Path]:
+    """Run folders to export: the one named, every job of a sweep folder, or the newest of either."""
+    root = Path(cfg.paths.root_dir)
+    checkpoint = f"checkpoints/{cfg.checkpoint}.ckpt"
+    if cfg.run == "latest":
+        candidates = [p for folder in ("outputs", "multirun") for p in (root / folder).glob("*/*") if p.is_dir()]
+        runs_by_folder = {c: sorted(p.parent.parent for p in c.glob(f"**/{checkpoint}")) for c in candidates}
+        runs_by_folder = {c: runs for c, runs in runs_by_folder.items() if runs}
+        if not runs_by_folder:
+            raise TierkitError(
+                f"no run with a {checkpoint} under {root / 'outputs'} or {root / 'multirun'}",
+                where="run",
+                fix="train first (python train.py), or pass run=<folder>",
+            )
+        return runs_by_folder[max(runs_by_folder, key=lambda c: c.stat().st_mtime)]
+    folder = Path(cfg.run).expanduser()
+    runs = sorted(p.parent.parent for p in folder.glob(f"**/{checkpoint}")) if folder.is_dir() else []
+    if not runs:
+        raise TierkitError(
+            f"{folder} holds no {checkpoint}" if folder.is_dir() else f"run folder {folder} does not exist",
+            where="run",
+            fix="pass a run folder (outputs/<date>/<time>) or a sweep folder (multirun/<date>/<time>)",
+        )
+    return runs
+
+
+def load_runs(folders: list[Path], checkpoint: str) -> list[Run]:
+    """Load every run's student and config; a tier with several runs names their folders after the run."""
+    runs = []
+    for folder in folders:
+        student, config = load_student(folder / "checkpoints" / f"{checkpoint}.ckpt")
+        runs.append(Run(folder=folder, student=student, config=config))
+    tiers = [run.config.tier.name for run in runs]
+    for run in runs:
+        tier = run.config.tier.name
+        run.name = tier if tiers.count(tier) == 1 else f"{tier}-{run.folder.name}"
+    return runs
+
+
+def shipped_qat_student(run: Path, student: nn.Module, checkpoint: str) -> nn.Module | None:
+    """The QAT model that a run ships as its INT8 variant, if its quantization stage chose QAT."""
+    if is_prepared(student):
+        return student
+    metrics_path = run / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    if metrics.get("quantization", {}).get("path") != "qat":
+        return None
+    qat_checkpoint = run / "checkpoints" / "qat" / f"{checkpoint}.ckpt"
+    if not qat_checkpoint.is_file():
+        raise TierkitError(
+            f"{metrics_path} says QAT shipped, but {qat_checkpoint} is missing",
+            where=str(run),
+            fix="re-run training for this run, or export with checkpoint=last if qat/last.ckpt exists",
+        )
+    return load_student(qat_checkpoint)[0]
+
+
+def check_precisions(cfg: DictConfig) -> None:
+    unknown = set(cfg.precisions) - set(PRECISIONS)
+    if unknown or not cfg.precisions:
+        raise TierkitError(
+            f"unknown precision(s) {sorted(unknown)}" if unknown else "precisions is empty",
+            where="precisions",
+            fix=f"choose from {', '.join(PRECISIONS)}",
+        )
+
+
+def int8_weight_bits(cfg: DictConfig) -> list[int]:
+    """The INT8 weight ranges to export: ``int8_weight_bits``, or the one the deprecated ``reduce_range`` names."""
+    if cfg.get("reduce_range") is not None:
+        bits = [REDUCED_WEIGHT_BITS if cfg.reduce_range else 8]
+        log.warning(
+            "export's reduce_range is deprecated and will be removed: use int8_weight_bits=%s (default [8,7]: "
+            "both ranges, so x86 CPUs without VNNI get an exact file)",
+            bits,
+        )
+        return bits
+    raw = cfg.int8_weight_bits
+    bits = list(raw) if isinstance(raw, ListConfig | list) else [raw]
+    if not bits or len(set(bits)) != len(bits) or not set(bits) <= {8, REDUCED_WEIGHT_BITS}:
+        raise TierkitError(
+            f"int8_weight_bits must list 8, 7 or both, once each; got {bits}",
+            where="int8_weight_bits",
+            fix="use int8_weight_bits=[8,7] (both), [8] (full range) or [7] (exact on x86 without VNNI)",
+        )
+    return bits
+
+
+def int8_key(bits: int) -> str:
+    """The variant key of an INT8 file: 'int8' for full-range weights, 'int8_w7' for 7-bit ones."""
+    return "int8" if bits == 8 else f"int8_w{bits}"
+
+
+def variant_files(
+    run: Run, student: nn.Module, cfg: DictConfig, target: Path, datamodule
+) -> tuple[dict[str, Path], dict[str, dict]]:
+    """Write the run's FP32 (and FP16) files from the float ``student``, and one INT8 file per weight range.
+
+    Keys are variant keys (fp32, fp16, int8, int8_w7); the second value holds per-file facts worth recording.
+    A run whose QAT model shipped exports that model in the range it was trained in; another range it is asked
+    for comes from post-training quantization of its float student.
+    """
+    qat_student = shipped_qat_student(run.folder, run.student, cfg.checkpoint)
+    shape = tuple(run.config.data.input_shape)
+    paths = {"fp32": export_onnx(student, target / "fp32.onnx", shape)}
+    difference = max_output_difference(student, ort_session(paths["fp32"]), torch.randn(8, *shape))
+    if difference > cfg.max_logit_difference:
+        raise TierkitError(
+            f"ONNX Runtime and PyTorch disagree on {paths['fp32']} (max logit difference {difference:.2e})",
+            where=str(run.folder),
+            fix="report this model: an operator exported incorrectly",
+        )
+    facts: dict[str, dict] = {"fp32": {"max_logit_difference": difference}, "fp16": {}}
+    if "fp16" in cfg.precisions:
+        paths["fp16"] = convert_fp16(paths["fp32"], target / "fp16.onnx")
+    if "int8" in cfg.precisions:
+        qat_bits = None
+        if qat_student is not None:
+            settings = qat_settings(qat_student)
+            qat_bits = REDUCED_WEIGHT_BITS if settings["reduce_range"] else 8
+        per_channel = bool(run.config.quantization.per_channel if cfg.per_channel is None else cfg.per_channel)
+        samples = None
+        for bits in cfg.int8_weight_bits:
+            key = int8_key(bits)
+            if bits == qat_bits:
+                paths[key] = export_qat_onnx(qat_student, target / f"{key}.onnx", shape)
+                facts[key] = {"int8_method": "qat", "reduce_range": bits < 8, "per_channel": settings["per_channel"]}
+                continue
+            calibration = cfg.calibration
+            if samples is None:
+                samples = calibration_samples(datamodule, calibration.samples, calibration.batch_size, calibration.seed)
+            paths[key] = quantize_int8(
+                paths["fp32"],
+                target / f"{key}.onnx",
+                samples,
+                calibration.batch_size,
+                calibration.method,
+                bits < 8,
+                per_channel=per_channel,
+            )
+            facts[key] = {
+                "int8_method": "ptq",
+                "reduce_range": bits < 8,
+                "per_channel": per_channel,
+                "calibration": {**OmegaConf.to_container(calibration), "sha256": sha256_of_array(samples)},
+            }
+        for key in facts:
+            if key.startswith("int8"):
+                facts[key]["float_compute_ops"] = float_compute_ops(paths[key])
+    for path in paths.values():
+        check_onnx(path)
+    return paths, facts
+
+
+def sha256_of_array(samples: np.ndarray) -> str:
+    """Digest of the calibration inputs, so two exports can tell whether they calibrated on the same data."""
+    return hashlib.sha256(np.ascontiguousarray(samples).tobytes()).hexdigest()
+
+
+def describe_file(path: Path, out: Path, datamodule, stats: dict[str, int]) -> dict:
+    """What the manifest says of every model file: where it is, its digest and size, its accuracy and cost."""
+    return {
+        "file": path.relative_to(out).as_posix(),
+        "sha256": sha256_of(path),
+        "bytes": path.stat().st_size,
+        "accuracy": onnx_accuracy(ort_session(path), datamodule),
+        "params": stats["params"],
+        "macs": stats["macs"],
+    }
+
+
+def tier_budgets(tier: DictConfig) -> dict:
+    """A run's tier budgets under today's names: runs trained before the rename call the accuracy budget
+    max_accuracy_drop."""
+    budgets = OmegaConf.to_container(tier.budgets)
+    old = budgets.pop("max_accuracy_drop", None)
+    if budgets.get("max_drop_vs_teacher") is None:
+        budgets["max_drop_vs_teacher"] = old
+    return budgets
+
+
+def export_variants(run: Run, cfg: DictConfig, out: Path, folder_name: str) -> list[dict]:
+    """Every file of one run as manifest variants (measurements other than accuracy come later)."""
+    config = run.config
+    tier = config.tier
+    datamodule = instantiate(config.data, where=f"{run.folder} data config")
+    student = float_copy(run.student) if is_prepared(run.student) else run.student
+    paths, facts = variant_files(run, student, cfg, out / folder_name, datamodule)
+    stats = model_stats(student, config.data.input_shape)
+    variants = []
+    for key, path in paths.items():
+        precision = "int8" if key.startswith("int8") else key
+        if precision not in cfg.precisions:
+            continue
+        described = describe_file(path, out, datamodule, stats)
+        if precision == "int8":
+            described.update(int8_cpu_facts(path, datamodule, described["accuracy"]))
+        else:
+            described.update(float_cpu_facts(described["accuracy"]))
+        variants.append(
+            {
+                "name": f"{folder_name}-{key.replace('_', '-')}",
+                "tier": tier.name,
+                "precision": precision,
+                **described,
+                "run": str(run.folder),
+                "seed": config.get("seed"),
+                "budgets": tier_budgets(tier),
+                "budget_hardware": tier.budget_hardware,
+                "allowed_precisions": list(tier.precisions),
+                "device": OmegaConf.to_container(tier.device),
+                **facts.get(key, {}),
+            }
+        )
+    return variants
+
+
+def export_teacher(runs: list[Run], out: Path) -> dict:
+    """The teacher every run distilled from, as FP32 ONNX: the reference the tiers' accuracy budgets count from."""
+    sources = {find_run_teacher(run.folder, run.config): run for run in runs}
+    if len(sources) > 1:
+        raise TierkitError(
+            f"the runs distilled from {len(sources)} different teachers ({', '.join(map(str, sources))})",
+            where="run",
+            fix="export runs that share one teacher together (one sweep), and the others separately",
+        )
+    datas = {json.dumps(OmegaConf.to_container(run.config.data, resolve=True), sort_keys=True) for run in runs}
+    if len(datas) > 1:
+        raise TierkitError(
+            "the runs were trained on different data configs, so their accuracies cannot be compared",
+            where="run",
+            fix="export runs trained on the same data together, and the others separately",
+        )
+    (source, run), config = next(iter(sources.items())), runs[0].config
+    shape = list(config.data.input_shape)
+    teacher, _ = load_teacher(source, config.model.teacher, shape, config.data.num_classes)
+    path = export_onnx(teacher, out / "teacher" / "fp32.onnx", tuple(shape))
+    stats = model_stats(teacher, shape)
+    datamodule = instantiate(config.data, where=f"{run.folder} data config")
+    entry = {"name": "teacher", "precision": "fp32", **describe_file(path, out, datamodule, stats)}
+    return {**entry, "source": str(source)}
