@@ -2,7 +2,7 @@
 
 import logging
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -21,19 +21,10 @@ def apply_renamed_keys(cfg: DictConfig) -> None:
     with open_dict(cfg):
         for old, new, meaning in RENAMED:
             section, _, old_name = old.rpartition(".")
-            node = _select(cfg, section)
+            node = OmegaConf.select(cfg, section)
             if node is None or node.get(old_name) is None:
                 continue
             new_name = new.rpartition(".")[2]
             log.warning("%s is deprecated and will be removed: it is %s now (%s)", old, new, meaning)
             node[new_name] = node[old_name]
             node[old_name] = None
-
-
-def _select(cfg: DictConfig, dotted: str) -> DictConfig | None:
-    node = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, DictConfig) or part not in node:
-            return None
-        node = node[part]
-    return node

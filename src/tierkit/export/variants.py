@@ -162,7 +162,7 @@ def variant_files(
             settings = qat_settings(qat_student)
             qat_bits = REDUCED_WEIGHT_BITS if settings["reduce_range"] else 8
         per_channel = bool(run.config.quantization.per_channel if cfg.per_channel is None else cfg.per_channel)
-        samples = None
+        samples, digest = None, None
         for bits in cfg.int8_weight_bits:
             key = int8_key(bits)
             if bits == qat_bits:
@@ -172,6 +172,7 @@ def variant_files(
             calibration = cfg.calibration
             if samples is None:
                 samples = calibration_samples(datamodule, calibration.samples, calibration.batch_size, calibration.seed)
+                digest = sha256_of_array(samples)
             paths[key] = quantize_int8(
                 paths["fp32"],
                 target / f"{key}.onnx",
@@ -185,7 +186,7 @@ def variant_files(
                 "int8_method": "ptq",
                 "reduce_range": bits < 8,
                 "per_channel": per_channel,
-                "calibration": {**OmegaConf.to_container(calibration), "sha256": sha256_of_array(samples)},
+                "calibration": {**OmegaConf.to_container(calibration), "sha256": digest},
             }
         for key in facts:
             if key.startswith("int8"):

@@ -94,12 +94,16 @@ def _ships_for(variant: dict, target: str) -> bool:
         return target in variant["ships_for"]
     if not variant["ships"] or variant["precision"] != "int8":
         return variant["ships"]
-    bits = REDUCED_WEIGHT_BITS if variant.get("reduce_range") else 8
-    return exact_on_target(exact_cpu_classes(bits), target)
+    return exact_on_target(exact_cpu_classes(_weight_bits(variant)), target)
+
+
+def _weight_bits(variant: dict) -> int:
+    """An INT8 variant's weight bits; manifests from before they were recorded say only whether range was reduced."""
+    return variant.get("weight_bits", REDUCED_WEIGHT_BITS if variant.get("reduce_range") else 8)
 
 
 def _not_exact_here(variant: dict, target: str) -> str:
-    bits = variant.get("weight_bits", REDUCED_WEIGHT_BITS if variant.get("reduce_range") else 8)
+    bits = _weight_bits(variant)
     why = f"ships, but not for {TARGET_NAMES[target]}: its {bits}-bit INT8 weights saturate on x86 without VNNI"
     if target == UNKNOWN_CPU:
         why += ", and the device description gives no cpu_flags to rule that out (add them to allow this file)"
