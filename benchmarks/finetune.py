@@ -10,9 +10,9 @@ benchmarks/results/finetune.{json,md} and benchmarks/results/finetune_shift.png 
 """
 
 import argparse
-import json
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -24,6 +24,7 @@ from benchmarks.common import RESULTS, describe, save_results
 from benchmarks.common import run_command as run
 from tierkit.conf import CONFIG_DIR
 from tierkit.onnxio.verify import float_compute_ops
+from tierkit.run_folder import RunFolder
 
 VARIANTS = {"labels alone (alpha 0)": "finetune.alpha=0.0", "with the teacher (alpha 0.5)": "finetune.alpha=0.5"}
 
@@ -59,20 +60,19 @@ def main() -> None:
     source = args.run or scratch / "lowend"
     if args.run is None:
         run([sys.executable, "train.py", "tier=lowend", f"hydra.run.dir={source}", "~callbacks.progress"])
-    source_int8 = source / "quantization" / "int8_ptq.onnx"
+    source_int8 = RunFolder(source).quantization / "int8_ptq.onnx"
     rows = []
     for label, override in VARIANTS.items():
         tuned = scratch / label.split()[0]
         finetune = ["stage=finetune", f"from_run={source}", "shift=camera", override]
         run([sys.executable, "train.py", *finetune, f"hydra.run.dir={tuned}", "~callbacks.progress"])
-        metrics = json.loads((tuned / "metrics.json").read_text())
-        report = metrics["finetune"]
-        tuned_int8 = tuned / "quantization" / "int8_ptq.onnx"
+        metrics = RunFolder(tuned).read_metrics()
+        tuned_int8 = RunFolder(tuned).quantization / "int8_ptq.onnx"
         rows.append(
             {
                 "variant": label,
-                **report,
-                "params": metrics["student"]["params"],
+                **asdict(metrics.finetune),
+                "params": metrics.student.params,
                 "int8_graph_unchanged": graph_signature(tuned_int8) == graph_signature(source_int8),
                 "int8_float_compute_ops": float_compute_ops(tuned_int8),
                 "int8_bytes": tuned_int8.stat().st_size,

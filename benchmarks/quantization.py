@@ -30,6 +30,7 @@ from tierkit.onnxio import export_onnx, onnx_accuracy
 from tierkit.onnxio.verify import float_compute_ops
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
 from tierkit.quant import calibration_samples, convert_fp16, quantize_int8
+from tierkit.run_folder import RunFolder
 from tierkit.stages.teacher import obtain_teacher
 from tierkit.utils.noise import silence_known_noise
 
@@ -92,7 +93,7 @@ def main() -> None:
             print(f"training {name}", flush=True)
             metrics = train_with(overrides, scratch / f"run{index}")
             report = metrics["quantization"]
-            folder = scratch / f"run{index}" / "quantization"
+            folder = RunFolder(scratch / f"run{index}").quantization
             found = {k: folder / f for k, f in FILES.items() if (folder / f).is_file()}
             models.append((name, found, report))
             decisions.append({"model": name, **{k: report.get(k) for k in ("path", "budget_met", "reason")}})

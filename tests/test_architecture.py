@@ -11,6 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tierkit"
 FLOORS = [
     {"errors", "runtime", "conf"},
     {"utils"},
+    {"run_folder"},
     {"data", "models"},
     {"onnxio", "distill"},
     {"prune"},

@@ -14,7 +14,7 @@ from tierkit.errors import TierkitError
 from tierkit.export.cpu_classes import int8_cpu_facts
 from tierkit.export.report import _pareto_front, plot_pareto, render_report
 from tierkit.export.tiers import choose_shipping
-from tierkit.export.variants import Run, int8_weight_bits, variant_files
+from tierkit.export.variants import Run, export_calibration, int8_weight_bits, variant_files
 from tierkit.models import SmallCNN
 from tierkit.models.checkpoint import load_student
 from tierkit.onnxio import export_onnx
@@ -230,6 +230,9 @@ def test_an_invalid_onnx_file_is_refused_with_its_path(tmp_path, small_models):
         check_onnx(broken)
 
 
+CALIBRATION = {"samples": 32, "batch_size": 16, "method": "minmax", "seed": 0}
+
+
 @pytest.mark.parametrize(
     ("trained", "override", "expected"), [(False, None, False), (False, True, True), (True, None, True)]
 )
@@ -238,7 +241,7 @@ def test_ptq_export_quantizes_weights_as_the_run_did_unless_told_otherwise(tmp_p
     shape = (1, 16, 16)
     data = SyntheticDataModule(input_shape=list(shape), num_classes=4, mean=[0.5], std=[0.3], num_samples=64)
     data.setup()
-    quantization = {"per_channel": trained}
+    quantization = {"per_channel": trained, "calibration": CALIBRATION}
     run = Run(
         tmp_path,
         SmallCNN(shape, 4, width=0.5).eval(),
@@ -249,7 +252,7 @@ def test_ptq_export_quantizes_weights_as_the_run_did_unless_told_otherwise(tmp_p
             "checkpoint": "best",
             "max_logit_difference": 1e-3,
             "precisions": ["fp32", "int8"],
-            "calibration": {"samples": 32, "batch_size": 16, "method": "minmax", "seed": 0},
+            "calibration": {"samples": None, "batch_size": None, "method": None, "seed": None},
             "int8_weight_bits": [8],
             "per_channel": override,
         }
@@ -294,14 +297,15 @@ def test_export_writes_both_weight_ranges_with_their_cpu_facts(tmp_path):
     data = SyntheticDataModule(input_shape=list(shape), num_classes=4, mean=[0.5], std=[0.3], num_samples=64)
     data.setup()
     torch.manual_seed(0)
-    config = OmegaConf.create({"data": {"input_shape": list(shape)}, "quantization": {"per_channel": True}})
+    quantization = {"per_channel": True, "calibration": CALIBRATION}
+    config = OmegaConf.create({"data": {"input_shape": list(shape)}, "quantization": quantization})
     run = Run(tmp_path, SmallCNN(shape, 4, width=0.5).eval(), config)
     cfg = OmegaConf.create(
         {
             "checkpoint": "best",
             "max_logit_difference": 1e-3,
             "precisions": ["fp32", "int8"],
-            "calibration": {"samples": 32, "batch_size": 16, "method": "minmax", "seed": 0},
+            "calibration": {"samples": None, "batch_size": None, "method": None, "seed": None},
             "int8_weight_bits": [8, 7],
             "reduce_range": None,
             "per_channel": None,
@@ -318,3 +322,9 @@ def test_export_writes_both_weight_ranges_with_their_cpu_facts(tmp_path):
     assert {f["how"] for f in reduced["accuracy_by_cpu"].values()} == {"onnxruntime"}
     hows = {c: f["how"] for c, f in full["accuracy_by_cpu"].items()}
     assert hows["x86_vnni"] == hows["arm"] != hows["x86_no_vnni"]  # one measured here, the other emulated
+
+
+def test_export_calibrates_as_the_run_did_unless_told_otherwise():
+    trained = OmegaConf.create(CALIBRATION)
+    asked = OmegaConf.create({"samples": None, "batch_size": None, "method": "percentile", "seed": None})
+    assert export_calibration(asked, trained) == {**CALIBRATION, "method": "percentile"}

@@ -6,6 +6,7 @@ The fast tier's end-to-end check: the entry points as users type them run as sub
 import json
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from tierkit.cli.train import train
@@ -38,12 +39,17 @@ def test_train_returns_what_it_writes_to_metrics_json(trained):
     assert metrics["student"]["params"] < metrics["teacher"]["params"]
 
 
-def test_export_ships_a_variant_the_runtime_can_pick(trained):
+@pytest.fixture(scope="module")
+def exported(trained):
     root, _ = trained
     out = root / "exports" / "e1"
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("export", overrides=[f"run={root / 'run'}", f"output_dir={out}", *QUICK_PROFILE])
-    manifest = export(cfg)
+    return out, export(cfg)
+
+
+def test_export_ships_a_variant_the_runtime_can_pick(exported):
+    out, manifest = exported
     assert load_manifest(out / "manifest.json") == json.loads(json.dumps(manifest))
     names = {v["name"] for v in manifest["variants"]}
     assert names == {"midrange-fp32", "midrange-fp16", "midrange-int8", "midrange-int8-w7"}
@@ -58,3 +64,19 @@ def test_export_ships_a_variant_the_runtime_can_pick(trained):
             assert selection.variant["name"] == winner["name"]
         else:
             assert selection.variant.get("weight_bits") != 8, "full-range INT8 never runs without VNNI"
+
+
+def test_export_ships_the_files_training_judged(trained, exported):
+    """INT8 is made once: where export would make the same file (same checkpoint, weight range and calibration),
+    it ships training's file byte for byte; the other weight range it makes itself and says why."""
+    (root, metrics), (_, manifest) = trained, exported
+    variants = {v["name"].removeprefix("midrange-"): v for v in manifest["variants"]}
+    report = metrics["quantization"]
+    trained_key = "int8-w7" if report["reduce_range"] else "int8"
+    other_key = "int8" if report["reduce_range"] else "int8-w7"
+    for key, judged in (("fp32", "fp32"), ("fp16", "fp16"), (trained_key, "ptq")):
+        assert variants[key]["made_by"] == "training", key
+        assert variants[key]["sha256"] == report[judged]["sha256"], f"{key} is the file training measured"
+    assert variants[other_key]["made_by"] == "export"
+    assert "reduce_range" in variants[other_key]["remade_because"]
+    assert torch.load(root / "run" / "checkpoints" / "best.ckpt", weights_only=True)["tierkit"]["int8_path"] == "ptq"

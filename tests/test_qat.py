@@ -219,6 +219,8 @@ def test_escalation_runs_qat_when_ptq_misses_the_budget(escalated_run):
     more_accurate = "qat" if report["qat"]["val_acc"] >= report["ptq"]["val_acc"] else "ptq"
     assert report["path"] == more_accurate, "the INT8 model more accurate on validation ships"
     assert (run / "checkpoints" / "qat" / "best.ckpt").is_file()
+    recorded = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["tierkit"]["int8_path"]
+    assert recorded == report["path"], "the FP32 checkpoint records which INT8 model ships"
     assert "INT8 path" in result.stdout
     assert {"fp32.onnx", "fp16.onnx", "int8_ptq.onnx", "int8_qat.onnx"} <= {
         p.name for p in (run / "quantization").iterdir()
@@ -284,6 +286,8 @@ def test_export_ships_the_qat_model_as_int8(escalated_run, tmp_path):
     trained = 7 if needs_reduced_range() else 8
     assert methods == {trained: report["path"], 15 - trained: "ptq"}
     assert all(v["float_compute_ops"] == [] for v in variants)
+    shipped = next(v for v in variants if v["weight_bits"] == trained)
+    assert shipped["made_by"] == "training" and shipped["sha256"] == report[report["path"]]["sha256"]
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tierkit.data.base import EpochShuffle
+from tierkit.run_folder import RunFolder
 from tierkit.utils.resume import restart_epoch_at_its_start
 from tierkit.utils.slurm import requeued_checkpoint, run_folder_name
 
@@ -54,10 +55,11 @@ def test_a_requeued_job_resumes_from_its_newest_checkpoint(in_slurm_job, tmp_pat
         path.touch()
         os.utime(path, (time.time() - 10 * age, time.time() - 10 * age))
     in_slurm_job(4245, restarts=0)
-    assert requeued_checkpoint(run) is None, "a first attempt starts afresh"
+    assert requeued_checkpoint(RunFolder(run).requeue_checkpoints()) is None, "a first attempt starts afresh"
     in_slurm_job(4245, restarts=2)
-    assert requeued_checkpoint(run) == files[-1]
-    assert requeued_checkpoint(tmp_path / "empty") is None
+    assert sorted(RunFolder(run).requeue_checkpoints()) == sorted(files)
+    assert requeued_checkpoint(RunFolder(run).requeue_checkpoints()) == files[-1]
+    assert requeued_checkpoint(RunFolder(tmp_path / "empty").requeue_checkpoints()) is None
 
 
 def test_a_resumed_shuffle_leaves_out_the_samples_already_trained_on():

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tierkit.export.tiers import budget_latency
 from tierkit.profile.variants import fastest
+from tierkit.run_folder import RunFolder, RunMetrics
 
 # The sections of metrics.json that hold a stage's results (pruning steps are logged as they happen).
 STAGE_SECTIONS = ("student", "teacher", "quantization", "finetune")
@@ -80,44 +81,46 @@ def log_stage_metrics(loggers: Sequence[Logger], metrics: dict[str, Any]) -> Non
         logger.save()
 
 
-def results_row(metrics: dict[str, Any]) -> dict[str, Any]:
+def results_row(metrics: RunMetrics) -> dict[str, Any]:
     """One row of the results table: the student, each ONNX precision and the INT8 model that shipped."""
-    student, quantization = metrics.get("student", {}), metrics.get("quantization", {})
-    shipped = quantization.get(quantization.get("path"), {})
+    student, quantization = metrics.student, metrics.quantization
+    precisions = {key: getattr(quantization, key) if quantization else None for key in ("fp32", "fp16")}
+    shipped = quantization.shipped() if quantization else None
     return {
-        "stage": metrics.get("stage", "train"),
-        "tier": metrics.get("tier"),
-        "seed": metrics.get("seed"),
-        "architecture": student.get("architecture"),
-        "params": student.get("params"),
-        "macs": student.get("macs"),
-        "size_bytes": student.get("size_bytes"),
-        "test_acc": student.get("test_acc"),
-        "teacher_test_acc": metrics.get("teacher", {}).get("test_acc"),
+        "stage": metrics.stage,
+        "tier": metrics.tier,
+        "seed": metrics.seed,
+        "architecture": student.architecture,
+        "params": student.params,
+        "macs": student.macs,
+        "size_bytes": student.size_bytes,
+        "test_acc": student.test_acc,
+        "teacher_test_acc": metrics.teacher.test_acc if metrics.teacher else None,
         **{
-            f"{precision}_onnx_{key}": quantization.get(precision, {}).get(key)
-            for precision in ("fp32", "fp16")
+            f"{precision}_onnx_{key}": getattr(scores, key) if scores else None
+            for precision, scores in precisions.items()
             for key in ("bytes", "test_acc")
         },
-        "int8_path": quantization.get("path"),
-        "int8_bytes": shipped.get("bytes"),
-        "int8_test_acc": shipped.get("test_acc"),
-        "int8_budget_met": quantization.get("budget_met"),
+        "int8_path": quantization.path if quantization else None,
+        "int8_bytes": shipped.bytes if shipped else None,
+        "int8_test_acc": shipped.test_acc if shipped else None,
+        "int8_budget_met": quantization.budget_met if quantization else None,
     }
 
 
-def log_run_results(loggers: Sequence[Logger], metrics: dict[str, Any], output_dir: Path) -> None:
+def log_run_results(loggers: Sequence[Logger], metrics: RunMetrics, folder: RunFolder) -> None:
     """A finished run's results: stage metrics to every logger; table, summary and ONNX artifact to W&B."""
-    log_stage_metrics(loggers, metrics)
+    data = metrics.to_dict()
+    log_stage_metrics(loggers, data)
     runs = [logger.experiment for logger in loggers if isinstance(logger, WandbLogger)]
     if not runs:
         return
     import wandb
 
     run, row = runs[0], results_row(metrics)
-    run.summary.update(stage_values(metrics))
+    run.summary.update(stage_values(data))
     run.log({"results": wandb.Table(columns=list(RESULT_COLUMNS), data=[[row[c] for c in RESULT_COLUMNS]])})
-    files = sorted((output_dir / "quantization").glob("*.onnx"))
+    files = sorted(folder.quantization.glob("*.onnx"))
     if files:
         artifact = wandb.Artifact(f"{row['stage']}-{row['tier']}-onnx", type="model", metadata=row)
         for file in files:

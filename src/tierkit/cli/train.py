@@ -23,6 +23,7 @@ from tierkit.conf import CONFIG_DIR
 from tierkit.distill.module import check_distill_settings
 from tierkit.errors import TierkitError
 from tierkit.quant.callback import check_qat_callback_schedule
+from tierkit.run_folder import RunFolder
 from tierkit.stages.finetune import finetune
 from tierkit.stages.quantize import check_qat_schedule
 from tierkit.stages.run import run_recipe
@@ -65,7 +66,7 @@ def resolve_resume(cfg: DictConfig) -> tuple[str | None, dict[str, Any], DictCon
     Returns the path, the checkpoint's tierkit metadata and the updated config.
     """
     if not cfg.get("ckpt_path"):
-        requeued = requeued_checkpoint(Path(cfg.paths.output_dir))
+        requeued = requeued_checkpoint(RunFolder(Path(cfg.paths.output_dir)).requeue_checkpoints())
         if requeued is None:
             return None, {}, cfg
         with open_dict(cfg):
@@ -118,8 +119,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def resume_hint(output_dir: Path) -> str:
     """How to go on after the run was stopped: from its newest last.ckpt (the QAT stage's, once it has started)."""
-    candidates = [output_dir / "checkpoints" / "qat" / "last.ckpt", output_dir / "checkpoints" / "last.ckpt"]
-    found = [path for path in candidates if path.is_file()]
+    found = RunFolder(output_dir).resumable_checkpoints()
     if not found:
         return "No checkpoint was written yet: run the command again."
     hint = f"To go on, resume with ckpt_path={max(found, key=lambda path: path.stat().st_mtime)}"

@@ -13,6 +13,7 @@ from torch import nn
 
 from tierkit.errors import TierkitError
 from tierkit.models.build import build_model
+from tierkit.run_folder import RunFolder
 from tierkit.utils.files import load_torch
 
 TEACHER_FORMAT = 1
@@ -81,15 +82,10 @@ def load_teacher(
     return model, {"path": str(path), **payload.get("metrics", {})}
 
 
-def teacher_work_folder(cfg: DictConfig) -> Path:
-    """Where the teacher trains inside the run folder; removed once the teacher is cached."""
-    return Path(cfg.paths.output_dir) / "teacher"
-
-
 def find_run_teacher(run: Path, config: DictConfig) -> Path:
     """The teacher a finished run distilled from: its recorded source, its ckpt_path, or its cache entry."""
-    metrics_path = run / "metrics.json"
-    recorded = json.loads(metrics_path.read_text()).get("teacher", {}).get("source") if metrics_path.is_file() else None
+    metrics = RunFolder(run).read_metrics()
+    recorded = metrics.teacher.source if metrics and metrics.teacher else None
     candidates = [Path(p).expanduser() for p in (recorded, config.teacher.get("ckpt_path")) if p]
     candidates.append(Path(config.teacher.cache_dir).expanduser() / teacher_cache_key(config) / "teacher.pt")
     for candidate in candidates:

@@ -1,13 +1,12 @@
 """The runs an export covers and the files it makes of each: FP32, FP16 and one INT8 file per weight range,
 verified against PyTorch and described for the manifest (digest, size, accuracy, cost, CPU-class facts)."""
 
-import hashlib
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
@@ -16,15 +15,18 @@ from tierkit.distill.teacher import find_run_teacher, load_teacher
 from tierkit.errors import TierkitError
 from tierkit.export.cpu_classes import float_cpu_facts, int8_cpu_facts
 from tierkit.export.tiers import PRECISIONS
-from tierkit.models.checkpoint import load_student
+from tierkit.models.checkpoint import load_student, shipped_int8_path
 from tierkit.models.qat import float_copy, is_prepared, qat_settings
 from tierkit.onnxio import export_onnx, max_output_difference, onnx_accuracy
 from tierkit.onnxio.verify import check_onnx, float_compute_ops
 from tierkit.profile import ort_session
 from tierkit.quant import calibration_samples, convert_fp16, quantize_int8
+from tierkit.quant.ptq import samples_digest
 from tierkit.quant.qdq import export_qat_onnx
+from tierkit.run_folder import QuantizationReport, RunFolder
 from tierkit.runtime import sha256_of
 from tierkit.runtime.cpu import REDUCED_WEIGHT_BITS
+from tierkit.utils.files import atomic_write
 from tierkit.utils.instantiate import instantiate
 from tierkit.utils.model_stats import model_stats
 
@@ -39,6 +41,8 @@ class Run:
     student: nn.Module
     config: DictConfig
     name: str = ""
+    # The INT8 model the run's quantization stage chose to ship: "ptq", "qat", or None (not quantized).
+    int8_path: str | None = None
 
 
 def find_runs(cfg: DictConfig) -> list[Path]:
@@ -71,8 +75,10 @@ def load_runs(folders: list[Path], checkpoint: str) -> list[Run]:
     """Load every run's student and config; a tier with several runs names their folders after the run."""
     runs = []
     for folder in folders:
-        student, config = load_student(folder / "checkpoints" / f"{checkpoint}.ckpt")
-        runs.append(Run(folder=folder, student=student, config=config))
+        run_folder = RunFolder(folder)
+        student, config = load_student(run_folder.checkpoint(checkpoint))
+        int8_path = shipped_int8_path(run_folder.checkpoint(checkpoint), run_folder)
+        runs.append(Run(folder=folder, student=student, config=config, int8_path=int8_path))
     tiers = [run.config.tier.name for run in runs]
     for run in runs:
         tier = run.config.tier.name
@@ -80,22 +86,68 @@ def load_runs(folders: list[Path], checkpoint: str) -> list[Run]:
     return runs
 
 
-def shipped_qat_student(run: Path, student: nn.Module, checkpoint: str) -> nn.Module | None:
-    """The QAT model that a run ships as its INT8 variant, if its quantization stage chose QAT."""
-    if is_prepared(student):
-        return student
-    metrics_path = run / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    if metrics.get("quantization", {}).get("path") != "qat":
+def shipped_qat_checkpoint(run: Run, checkpoint: str) -> Path | None:
+    """The checkpoint of the QAT model a run ships as its INT8 variant, if its quantization stage chose QAT."""
+    folder = RunFolder(run.folder)
+    if is_prepared(run.student):
+        return folder.checkpoint(checkpoint)
+    if run.int8_path != "qat":
         return None
-    qat_checkpoint = run / "checkpoints" / "qat" / f"{checkpoint}.ckpt"
+    qat_checkpoint = folder.checkpoint(checkpoint, qat=True)
     if not qat_checkpoint.is_file():
         raise TierkitError(
-            f"{metrics_path} says QAT shipped, but {qat_checkpoint} is missing",
-            where=str(run),
+            f"{folder.checkpoint(checkpoint)} says QAT shipped, but {qat_checkpoint} is missing",
+            where=str(run.folder),
             fix="re-run training for this run, or export with checkpoint=last if qat/last.ckpt exists",
         )
-    return load_student(qat_checkpoint)[0]
+    return qat_checkpoint
+
+
+@dataclass
+class TrainedFiles:
+    """The ONNX files a run's quantization stage wrote and judged; export ships them as they are when it would
+    make the same file, so the file that ships is the file whose accuracy decided PTQ or QAT."""
+
+    folder: RunFolder
+    report: QuantizationReport | None
+
+    def same_checkpoint(self, recorded: str | None, loaded: Path) -> bool:
+        return recorded is not None and (self.folder.root / recorded).resolve() == loaded.resolve()
+
+    def find(self, key: str, loaded: Path, settings: dict | None = None) -> tuple[Path | None, str]:
+        """Training's file for variant ``key`` (``fp32``, ``fp16``, ``ptq`` or ``qat``) made from checkpoint
+        ``loaded`` with ``settings``, or None and why export makes its own."""
+        report = self.report
+        if report is None:
+            return None, "the run's metrics.json records no quantization stage"
+        scores = getattr(report, key)
+        if scores is None or scores.sha256 is None:
+            return None, f"training recorded no {key} file"
+        made_from = scores.checkpoint if key == "qat" else report.source_checkpoint
+        if not self.same_checkpoint(made_from, loaded):
+            return None, f"training made its {key} file from {made_from}, export loads {loaded.name}"
+        if settings is not None:
+            recorded = {"reduce_range": report.reduce_range, "per_channel": report.per_channel}
+            recorded["calibration"] = report.calibration
+            differing = sorted(name for name in settings if settings[name] != recorded[name])
+            if differing:
+                return None, f"export's settings differ from training's: {', '.join(differing)}"
+        path = self.folder.quantization / scores.file
+        if not path.is_file() or sha256_of(path) != scores.sha256:
+            return None, f"{path} is missing or changed since training measured it"
+        return path, ""
+
+
+def reuse_or_make(key: str, found: tuple[Path | None, str], target: Path, make) -> tuple[Path, dict]:
+    """Copy training's file into the export, or make it with ``make(path)``; the facts say which, and why."""
+    source, why = found
+    path = target / f"{key}.onnx"
+    if source is not None:
+        target.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: shutil.copyfile(source, tmp))
+        return path, {"made_by": "training", "training_file": source.name}
+    log.info("%s: export makes %s itself (%s)", target.name, path.name, why)
+    return make(path), {"made_by": "export", "remade_because": why}
 
 
 def check_precisions(cfg: DictConfig) -> None:
@@ -137,15 +189,23 @@ def int8_key(bits: int) -> str:
 def variant_files(
     run: Run, student: nn.Module, cfg: DictConfig, target: Path, datamodule
 ) -> tuple[dict[str, Path], dict[str, dict]]:
-    """Write the run's FP32 (and FP16) files from the float ``student``, and one INT8 file per weight range.
+    """The run's FP32 (and FP16) files of the float ``student``, and one INT8 file per weight range.
 
     Keys are variant keys (fp32, fp16, int8, int8_w7); the second value holds per-file facts worth recording.
+    Each file is the one training's quantization stage judged when export would make the same file (same
+    checkpoint, weight range, per-channel setting and calibration); otherwise export makes it and says why.
     A run whose QAT model shipped exports that model in the range it was trained in; another range it is asked
     for comes from post-training quantization of its float student.
     """
-    qat_student = shipped_qat_student(run.folder, run.student, cfg.checkpoint)
+    folder = RunFolder(run.folder)
+    metrics = folder.read_metrics()
+    trained = TrainedFiles(folder, metrics.quantization if metrics else None)
+    loaded = folder.checkpoint(cfg.checkpoint)
     shape = tuple(run.config.data.input_shape)
-    paths = {"fp32": export_onnx(student, target / "fp32.onnx", shape)}
+    paths, facts = {}, {}
+    paths["fp32"], facts["fp32"] = reuse_or_make(
+        "fp32", trained.find("fp32", loaded), target, lambda path: export_onnx(student, path, shape)
+    )
     difference = max_output_difference(student, ort_session(paths["fp32"]), torch.randn(8, *shape))
     if difference > cfg.max_logit_difference:
         raise TierkitError(
@@ -153,52 +213,62 @@ def variant_files(
             where=str(run.folder),
             fix="report this model: an operator exported incorrectly",
         )
-    facts: dict[str, dict] = {"fp32": {"max_logit_difference": difference}, "fp16": {}}
+    facts["fp32"]["max_logit_difference"] = difference
     if "fp16" in cfg.precisions:
-        paths["fp16"] = convert_fp16(paths["fp32"], target / "fp16.onnx")
+        paths["fp16"], facts["fp16"] = reuse_or_make(
+            "fp16", trained.find("fp16", loaded), target, lambda path: convert_fp16(paths["fp32"], path)
+        )
     if "int8" in cfg.precisions:
-        qat_bits = None
-        if qat_student is not None:
-            settings = qat_settings(qat_student)
-            qat_bits = REDUCED_WEIGHT_BITS if settings["reduce_range"] else 8
-        per_channel = bool(run.config.quantization.per_channel if cfg.per_channel is None else cfg.per_channel)
-        samples, digest = None, None
-        for bits in cfg.int8_weight_bits:
-            key = int8_key(bits)
-            if bits == qat_bits:
-                paths[key] = export_qat_onnx(qat_student, target / f"{key}.onnx", shape)
-                facts[key] = {"int8_method": "qat", "reduce_range": bits < 8, "per_channel": settings["per_channel"]}
-                continue
-            calibration = cfg.calibration
-            if samples is None:
-                samples = calibration_samples(datamodule, calibration.samples, calibration.batch_size, calibration.seed)
-                digest = sha256_of_array(samples)
-            paths[key] = quantize_int8(
-                paths["fp32"],
-                target / f"{key}.onnx",
-                samples,
-                calibration.batch_size,
-                calibration.method,
-                bits < 8,
-                per_channel=per_channel,
-            )
-            facts[key] = {
-                "int8_method": "ptq",
-                "reduce_range": bits < 8,
-                "per_channel": per_channel,
-                "calibration": {**OmegaConf.to_container(calibration), "sha256": digest},
-            }
-        for key in facts:
-            if key.startswith("int8"):
-                facts[key]["float_compute_ops"] = float_compute_ops(paths[key])
+        paths.update(int8_files(run, cfg, trained, paths["fp32"], target, datamodule, facts))
     for path in paths.values():
         check_onnx(path)
     return paths, facts
 
 
-def sha256_of_array(samples: np.ndarray) -> str:
-    """Digest of the calibration inputs, so two exports can tell whether they calibrated on the same data."""
-    return hashlib.sha256(np.ascontiguousarray(samples).tobytes()).hexdigest()
+def export_calibration(asked: DictConfig, trained: DictConfig) -> DictConfig:
+    """Export's calibration settings: each one given to export, else the run's own."""
+    return OmegaConf.create({key: trained[key] if asked.get(key) is None else asked[key] for key in trained})
+
+
+def int8_files(
+    run: Run, cfg: DictConfig, trained: TrainedFiles, fp32: Path, target: Path, datamodule, facts: dict
+) -> dict[str, Path]:
+    """One INT8 file per weight range in ``cfg.int8_weight_bits``; their facts are added to ``facts``."""
+    qat_checkpoint = shipped_qat_checkpoint(run, cfg.checkpoint)
+    qat_bits, qat_student = None, None
+    if qat_checkpoint is not None:
+        qat_student = run.student if is_prepared(run.student) else load_student(qat_checkpoint)[0]
+        qat_settings_used = qat_settings(qat_student)
+        qat_bits = REDUCED_WEIGHT_BITS if qat_settings_used["reduce_range"] else 8
+    per_channel = bool(run.config.quantization.per_channel if cfg.per_channel is None else cfg.per_channel)
+    calibration = export_calibration(cfg.calibration, run.config.quantization.calibration)
+    samples = calibration_samples(datamodule, calibration.samples, calibration.batch_size, calibration.seed)
+    recorded_calibration = {**calibration, "sha256": samples_digest(samples)}
+    shape = tuple(run.config.data.input_shape)
+    paths = {}
+    for bits in cfg.int8_weight_bits:
+        key = int8_key(bits)
+        if bits == qat_bits:
+            paths[key], facts[key] = reuse_or_make(
+                key,
+                trained.find("qat", qat_checkpoint),
+                target,
+                lambda path: export_qat_onnx(qat_student, path, shape),
+            )
+            facts[key].update(int8_method="qat", reduce_range=bits < 8, per_channel=qat_settings_used["per_channel"])
+        else:
+            settings = {"reduce_range": bits < 8, "per_channel": per_channel, "calibration": recorded_calibration}
+            paths[key], facts[key] = reuse_or_make(
+                key,
+                trained.find("ptq", trained.folder.checkpoint(cfg.checkpoint), settings),
+                target,
+                lambda path, reduced=bits < 8: quantize_int8(
+                    fp32, path, samples, calibration.batch_size, calibration.method, reduced, per_channel=per_channel
+                ),
+            )
+            facts[key].update(int8_method="ptq", **settings)
+        facts[key]["float_compute_ops"] = float_compute_ops(paths[key])
+    return paths
 
 
 def describe_file(path: Path, out: Path, datamodule, stats: dict[str, int]) -> dict:

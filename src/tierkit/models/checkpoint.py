@@ -9,7 +9,8 @@ from tierkit.errors import TierkitError
 from tierkit.models.build import build_model
 from tierkit.models.qat import prepare_qat
 from tierkit.models.structure import apply_structure
-from tierkit.utils.files import load_torch
+from tierkit.run_folder import RunFolder
+from tierkit.utils.files import load_torch, save_torch
 
 # Bumped whenever the "tierkit" entry of a checkpoint changes meaning; readers refuse other formats.
 CHECKPOINT_FORMAT = 1
@@ -46,3 +47,21 @@ def load_student(path: str | Path) -> tuple[nn.Module, DictConfig]:
         student = prepare_qat(student, **saved["qat"])
     student.load_state_dict(weights)
     return student.eval(), config
+
+
+def record_int8_path(path: str | Path, int8_path: str) -> None:
+    """Write the quantization stage's choice ("ptq" or "qat") into an FP32 checkpoint, so whoever loads the
+    checkpoint (export, fine-tuning) knows which INT8 model the run ships without reading metrics.json."""
+    checkpoint = load_torch(path)
+    checkpoint["tierkit"]["int8_path"] = int8_path
+    save_torch(path, checkpoint)
+
+
+def shipped_int8_path(path: str | Path, folder: RunFolder) -> str | None:
+    """The INT8 path recorded in a checkpoint of ``folder`` by ``record_int8_path`` (or, for runs trained before
+    checkpoints recorded it, in its metrics.json); None when the run never quantized."""
+    recorded = load_torch(path).get("tierkit", {}).get("int8_path")
+    if recorded is None:
+        metrics = folder.read_metrics()
+        recorded = metrics.quantization.path if metrics and metrics.quantization else None
+    return recorded

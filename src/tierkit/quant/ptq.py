@@ -4,6 +4,7 @@ INT8 uses the layout ONNX Runtime fuses into integer kernels on x86 (QLinearConv
 QDQ format, per-channel signed weights, unsigned activations.
 """
 
+import hashlib
 import tempfile
 from pathlib import Path
 
@@ -51,6 +52,11 @@ class CalibrationBatches(CalibrationDataReader):
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self.batches, None)
         return None if batch is None else {self.input_name: batch}
+
+
+def samples_digest(samples: np.ndarray) -> str:
+    """Digest of the calibration inputs, so two INT8 files can be told apart by the data they calibrated on."""
+    return hashlib.sha256(np.ascontiguousarray(samples).tobytes()).hexdigest()
 
 
 def quantize_int8(

@@ -5,9 +5,9 @@ structure is rebuilt from the checkpoint and never changed; a QAT student keeps 
 grids and batch-norm statistics. The result is a run folder like any other, so export.py takes it as is.
 """
 
-import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +20,17 @@ from tierkit.data.base import ArrayDataModule
 from tierkit.distill.teacher import find_run_teacher, load_teacher
 from tierkit.errors import TierkitError
 from tierkit.models.build import build_model, model_name
-from tierkit.models.checkpoint import load_student
+from tierkit.models.checkpoint import load_student, record_int8_path, shipped_int8_path
 from tierkit.models.qat import is_prepared, qat_settings
 from tierkit.models.structure import describe_structure
 from tierkit.quant.callback import QuantizationAwareTraining
+from tierkit.run_folder import FinetuneReport, ModelSummary, RunFolder, RunMetrics
 from tierkit.stages.quantize import quantize_student
+from tierkit.stages.summary import print_finetune_summary
 from tierkit.stages.trainer import build_trainer, fit_checkpoints, recipe_module
 from tierkit.tracking import log_run_results
-from tierkit.utils.files import write_json
 from tierkit.utils.instantiate import instantiate, instantiate_callbacks, instantiate_loggers
 from tierkit.utils.model_stats import model_stats
-from tierkit.utils.report import print_finetune_summary
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +40,24 @@ SOURCE_SECTIONS = ("model", "distill", "teacher", "tier")
 COMPRESSING_CALLBACKS = ("pruning", "qat")
 
 
-def source_checkpoint(run: Path, checkpoint: str) -> tuple[Path, dict]:
-    """The checkpoint the run ships (its QAT model when the quantization stage chose QAT) and its metrics."""
-    if not run.is_dir():
+def source_checkpoint(run: RunFolder, checkpoint: str) -> Path:
+    """The checkpoint the run ships: its QAT model when the quantization stage chose QAT."""
+    if not run.root.is_dir():
         raise TierkitError(
-            f"run folder {run} does not exist",
+            f"run folder {run.root} does not exist",
             where="from_run",
             fix="pass a finished run folder such as outputs/<date>/<time> (python train.py tier=lowend makes one)",
         )
-    metrics_path = run / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    shipped_qat = metrics.get("quantization", {}).get("path") == "qat"
-    path = run / "checkpoints" / ("qat" if shipped_qat else "") / f"{checkpoint}.ckpt"
+    path = run.checkpoint(checkpoint)
+    if path.is_file() and shipped_int8_path(path, run) == "qat":
+        path = run.checkpoint(checkpoint, qat=True)
     if not path.is_file():
         raise TierkitError(
-            f"{run} has no {path.relative_to(run)}",
+            f"{run.root} has no {path.relative_to(run.root)}",
             where="from_run",
             fix="pass the folder of a run that finished training, or finetune.checkpoint=last",
         )
-    return path, metrics
+    return path
 
 
 def check_compressed(student: nn.Module, config: DictConfig, path: Path) -> None:
@@ -114,12 +113,12 @@ def finetune_config(cfg: DictConfig, source: DictConfig) -> DictConfig:
 
 
 def finetune(cfg: DictConfig) -> dict[str, Any]:
-    """Fine-tune the student of ``cfg.from_run`` on ``cfg.data``; returns the metrics written to metrics.json."""
+    """Fine-tune the student of ``cfg.from_run`` on ``cfg.data``; returns what it writes to metrics.json."""
     started = time.perf_counter()
     if not cfg.get("from_run"):
         raise TierkitError("stage=finetune needs the run to start from", where="from_run", fix="add from_run=<folder>")
-    run = Path(cfg.from_run).expanduser()
-    path, source_metrics = source_checkpoint(run, cfg.finetune.checkpoint)
+    run = RunFolder(Path(cfg.from_run).expanduser())
+    path = source_checkpoint(run, cfg.finetune.checkpoint)
     student, source = load_student(path)
     check_compressed(student, source, path)
     target: ArrayDataModule = instantiate(cfg.data, where="data")
@@ -132,7 +131,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     before = scores(student, target, original)
     log.info("Before fine-tuning: %s", before)
 
-    teacher_path = find_run_teacher(run, source) if cfg.finetune.alpha > 0 else None
+    teacher_path = find_run_teacher(run.root, source) if cfg.finetune.alpha > 0 else None
     teacher = None
     if teacher_path is not None:
         teacher, _ = load_teacher(teacher_path, source.model.teacher, list(target.input_shape), target.num_classes)
@@ -172,39 +171,42 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         )
     shift_cost = before["original_test_acc"] - before["target_test_acc"]
     regained = after["target_test_acc"] - before["target_test_acc"]
-    metrics: dict[str, Any] = {
-        "stage": "finetune",
-        "tier": cfg.tier.name,
-        "seed": cfg.seed,
-        "epochs": trainer.current_epoch,
-        "finetune": {
-            "source_run": str(run),
-            "source_checkpoint": str(path),
-            "shift": OmegaConf.to_container(cfg.data.shift) if cfg.data.get("shift") else None,
-            "alpha": cfg.finetune.alpha,
-            "before": before,
-            "after": after,
-            "shift_cost_points": round(100 * shift_cost, 2),
-            "regained_points": round(100 * regained, 2),
-            "recovered_fraction": round(regained / shift_cost, 3) if shift_cost > 0 else None,
-            "structure_unchanged": unchanged,
-        },
-        "student": {
-            "architecture": model_name(cfg.model.student),
-            "test_acc": after["target_test_acc"],
-            "val_acc_best": checkpoints.best_score,
+    metrics = RunMetrics(
+        stage="finetune",
+        tier=cfg.tier.name,
+        seed=cfg.seed,
+        epochs=trainer.current_epoch,
+        finetune=FinetuneReport(
+            source_run=str(run.root),
+            source_checkpoint=str(path),
+            shift=OmegaConf.to_container(cfg.data.shift) if cfg.data.get("shift") else None,
+            alpha=cfg.finetune.alpha,
+            before=before,
+            after=after,
+            shift_cost_points=round(100 * shift_cost, 2),
+            regained_points=round(100 * regained, 2),
+            recovered_fraction=round(regained / shift_cost, 3) if shift_cost > 0 else None,
+            structure_unchanged=unchanged,
+        ),
+        student=ModelSummary(
+            architecture=model_name(cfg.model.student),
+            test_acc=after["target_test_acc"],
+            val_acc_best=checkpoints.best_score,
             **model_stats(tuned, target.input_shape),
-        },
-        "checkpoints": {"best": best_path, "last": ""},
-    }
-    source_teacher = source_metrics.get("teacher")
-    if source_teacher:
-        metrics["teacher"] = {**source_teacher, "source": str(teacher_path or find_run_teacher(run, source))}
+        ),
+        checkpoints={"best": best_path, "last": ""},
+    )
+    source_metrics = run.read_metrics()
+    if source_metrics and source_metrics.teacher:
+        teacher_source = teacher_path or find_run_teacher(run.root, source)
+        metrics.teacher = replace(source_metrics.teacher, source=str(teacher_source))
+    folder = RunFolder(Path(cfg.paths.output_dir))
     if cfg.quantization.enabled and best_path and not quantization and trainer.is_global_zero:
-        metrics["quantization"] = quantize_student(cfg, target, teacher, Path(best_path), loggers, None)
-    metrics["train_seconds"] = round(time.perf_counter() - started, 1)
+        metrics.quantization = quantize_student(cfg, target, teacher, Path(best_path), loggers, None)
+        record_int8_path(best_path, metrics.quantization.path)
+    metrics.train_seconds = round(time.perf_counter() - started, 1)
     if trainer.is_global_zero:
-        write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+        folder.write_metrics(metrics)
         print_finetune_summary(metrics)
-        log_run_results(loggers, metrics, Path(cfg.paths.output_dir))
-    return metrics
+        log_run_results(loggers, metrics, folder)
+    return metrics.to_dict()

@@ -6,7 +6,6 @@ Decisions use the validation split (the test split only reports), so choosing a 
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -23,8 +22,10 @@ from tierkit.onnxio.verify import float_compute_ops
 from tierkit.profile import ort_session
 from tierkit.prune import StructuredPruning
 from tierkit.quant.callback import QuantizationAwareTraining, check_freeze_after_activations
-from tierkit.quant.ptq import calibration_samples, convert_fp16, quantize_int8
+from tierkit.quant.ptq import calibration_samples, convert_fp16, quantize_int8, samples_digest
 from tierkit.quant.qdq import export_qat_onnx
+from tierkit.run_folder import OnnxScores, QuantizationReport, RunFolder
+from tierkit.runtime import sha256_of
 from tierkit.runtime.cpu import needs_reduced_range
 from tierkit.stages.trainer import build_trainer, fit_checkpoints, recipe_module
 from tierkit.utils.instantiate import instantiate, instantiate_callbacks
@@ -32,14 +33,19 @@ from tierkit.utils.instantiate import instantiate, instantiate_callbacks
 log = logging.getLogger(__name__)
 
 
-def onnx_scores(path: Path, datamodule: ArrayDataModule) -> dict[str, Any]:
+def onnx_scores(path: Path, datamodule: ArrayDataModule, reference: OnnxScores | None = None) -> OnnxScores:
+    """A file's accuracy on validation and test; with a ``reference``, its validation drop against it."""
     session = ort_session(path)
-    return {
-        "file": path.name,
-        "bytes": path.stat().st_size,
-        "val_acc": onnx_accuracy(session, datamodule, "val"),
-        "test_acc": onnx_accuracy(session, datamodule, "test"),
-    }
+    scores = OnnxScores(
+        file=path.name,
+        bytes=path.stat().st_size,
+        val_acc=onnx_accuracy(session, datamodule, "val"),
+        test_acc=onnx_accuracy(session, datamodule, "test"),
+        sha256=sha256_of(path),
+    )
+    if reference is not None:
+        scores.drop = reference.val_acc - scores.val_acc
+    return scores
 
 
 def check_qat_schedule(config: DictConfig) -> None:
@@ -88,7 +94,7 @@ def run_qat(
         callbacks,
         list(loggers),
         one_process=True,
-        root_dir=Path(cfg.paths.output_dir) / "checkpoints" / "qat",
+        root_dir=RunFolder(Path(cfg.paths.output_dir)).qat_checkpoints,
         max_epochs=qat.epochs,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -104,32 +110,39 @@ def quantize_student(
     fp32_checkpoint: Path,
     loggers: Sequence[Logger] = (),
     resume_qat: str | None = None,
-) -> dict[str, Any]:
-    """Write fp32/fp16/int8 ONNX files under ``<run>/quantization`` and report which INT8 path shipped, and why."""
+) -> QuantizationReport:
+    """Write fp32/fp16/int8 ONNX files under ``<run>/quantization`` and report which INT8 path shipped, and why.
+
+    The report names the checkpoint and calibration the files came from, so export can ship these very files.
+    """
     settings = cfg.quantization
     check_qat_schedule(settings)
-    out = Path(cfg.paths.output_dir) / "quantization"
+    folder = RunFolder(Path(cfg.paths.output_dir))
+    out = folder.quantization
     student, config = load_student(fp32_checkpoint)
     shape = tuple(config.data.input_shape)
     budget = float(settings.max_drop_vs_fp32)
     reduce_range = needs_reduced_range() if settings.reduce_range is None else bool(settings.reduce_range)
-    report: dict[str, Any] = {
-        "max_drop_vs_fp32": budget,
-        "reduce_range": reduce_range,
-        "per_channel": bool(settings.per_channel),
-    }
+    report = QuantizationReport(
+        max_drop_vs_fp32=budget,
+        reduce_range=reduce_range,
+        per_channel=bool(settings.per_channel),
+        source_checkpoint=run_relative(fp32_checkpoint, folder),
+    )
 
     if is_prepared(student):
         # QAT ran inside the main fit (callbacks=qat): its checkpoint is already the INT8 candidate.
-        report["qat"] = onnx_scores(export_qat_onnx(student, out / "int8_qat.onnx", shape), datamodule)
-        report.update(path="qat", budget_met=None, reason="QAT ran during training (callbacks.qat)")
+        report.qat = onnx_scores(export_qat_onnx(student, out / "int8_qat.onnx", shape), datamodule)
+        report.qat.checkpoint = report.source_checkpoint
+        report.path, report.reason = "qat", "QAT ran during training (callbacks.qat)"
         return report
 
     fp32 = export_onnx(student, out / "fp32.onnx", shape)
-    report["fp32"] = onnx_scores(fp32, datamodule)
-    report["fp16"] = onnx_scores(convert_fp16(fp32, out / "fp16.onnx"), datamodule)
+    report.fp32 = onnx_scores(fp32, datamodule)
+    report.fp16 = onnx_scores(convert_fp16(fp32, out / "fp16.onnx"), datamodule)
     calibration = settings.calibration
     samples = calibration_samples(datamodule, calibration.samples, calibration.batch_size, calibration.seed)
+    report.calibration = {**OmegaConf.to_container(calibration), "sha256": samples_digest(samples)}
     ptq = quantize_int8(
         fp32,
         out / "int8_ptq.onnx",
@@ -139,52 +152,54 @@ def quantize_student(
         reduce_range,
         per_channel=settings.per_channel,
     )
-    report["ptq"] = {**onnx_scores(ptq, datamodule), "float_compute_ops": float_compute_ops(ptq)}
-    report["ptq"]["drop"] = report["fp32"]["val_acc"] - report["ptq"]["val_acc"]
+    report.ptq = onnx_scores(ptq, datamodule, reference=report.fp32)
+    report.ptq.float_compute_ops = float_compute_ops(ptq)
+    ptq_drop = report.ptq.drop
 
-    if resume_qat is None and report["ptq"]["drop"] <= budget:
-        report.update(
-            path="ptq",
-            budget_met=True,
-            reason=f"post-training INT8 lost {100 * report['ptq']['drop']:.2f} points on validation, "
-            f"within the {100 * budget:.2f}-point budget",
+    if resume_qat is None and ptq_drop <= budget:
+        report.budget_met = True
+        report.reason = (
+            f"post-training INT8 lost {100 * ptq_drop:.2f} points on validation, "
+            f"within the {100 * budget:.2f}-point budget"
         )
         return report
     if not settings.qat.enabled:
-        report.update(
-            path="ptq",
-            budget_met=False,
-            reason=f"BUDGET MISSED: post-training INT8 lost {100 * report['ptq']['drop']:.2f} points on validation "
-            f"(budget {100 * budget:.2f}) and QAT is disabled (quantization.qat.enabled=false)",
+        report.budget_met = False
+        report.reason = (
+            f"BUDGET MISSED: post-training INT8 lost {100 * ptq_drop:.2f} points on validation "
+            f"(budget {100 * budget:.2f}) and QAT is disabled (quantization.qat.enabled=false)"
         )
-        log.warning("%s", report["reason"])
+        log.warning("%s", report.reason)
         return report
 
     log.info(
         "Post-training INT8 lost %.2f points (budget %.2f): quantization-aware training for %d epochs",
-        100 * report["ptq"]["drop"],
+        100 * ptq_drop,
         100 * budget,
         settings.qat.epochs,
     )
     best_qat, pytorch_test_acc = run_qat(cfg, datamodule, teacher, fp32_checkpoint, loggers, resume_qat)
     qat_student, _ = load_student(best_qat)
     qat_file = export_qat_onnx(qat_student, out / "int8_qat.onnx", shape)
-    report["qat"] = {
-        **onnx_scores(qat_file, datamodule),
-        "float_compute_ops": float_compute_ops(qat_file),
-        "pytorch_test_acc": pytorch_test_acc,
-        "checkpoint": str(best_qat),
-    }
-    report["qat"]["drop"] = report["fp32"]["val_acc"] - report["qat"]["val_acc"]
-    qat_better = report["qat"]["val_acc"] >= report["ptq"]["val_acc"]
-    report["path"] = "qat" if qat_better else "ptq"
-    report["budget_met"] = report[report["path"]]["drop"] <= budget
-    missed = "" if report["budget_met"] else "BUDGET MISSED: "
-    report["reason"] = (
-        f"{missed}post-training INT8 lost {100 * report['ptq']['drop']:.2f} points on validation "
-        f"(budget {100 * budget:.2f}); after QAT the drop is {100 * report['qat']['drop']:.2f} points, "
-        f"so {report['path'].upper()} ships"
+    report.qat = onnx_scores(qat_file, datamodule, reference=report.fp32)
+    report.qat.float_compute_ops = float_compute_ops(qat_file)
+    report.qat.pytorch_test_acc = pytorch_test_acc
+    report.qat.checkpoint = run_relative(best_qat, folder)
+    report.path = "qat" if report.qat.val_acc >= report.ptq.val_acc else "ptq"
+    report.budget_met = report.shipped().drop <= budget
+    missed = "" if report.budget_met else "BUDGET MISSED: "
+    report.reason = (
+        f"{missed}post-training INT8 lost {100 * ptq_drop:.2f} points on validation "
+        f"(budget {100 * budget:.2f}); after QAT the drop is {100 * report.qat.drop:.2f} points, "
+        f"so {report.path.upper()} ships"
     )
-    if not report["budget_met"]:
-        log.warning("%s", report["reason"])
+    if not report.budget_met:
+        log.warning("%s", report.reason)
     return report
+
+
+def run_relative(path: Path, folder: RunFolder) -> str:
+    """A checkpoint's path inside its run folder, so the record holds when the folder moves."""
+    path = Path(path).resolve()
+    root = folder.root.resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)

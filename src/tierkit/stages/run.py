@@ -9,17 +9,18 @@ import lightning as L
 from omegaconf import DictConfig
 
 from tierkit.models.build import model_name
+from tierkit.models.checkpoint import record_int8_path
 from tierkit.prune import StructuredPruning
 from tierkit.prune.surgery import leave_distributed
+from tierkit.run_folder import ModelSummary, RunFolder, RunMetrics
 from tierkit.stages.fit import fit_student, test_checkpoint
 from tierkit.stages.quantize import quantize_student
+from tierkit.stages.summary import print_run_summary
 from tierkit.stages.teacher import obtain_teacher
 from tierkit.stages.trainer import FitCheckpoints
 from tierkit.tracking import log_run_results
-from tierkit.utils.files import write_json
 from tierkit.utils.instantiate import instantiate, instantiate_loggers
 from tierkit.utils.model_stats import model_stats
-from tierkit.utils.report import print_run_summary
 
 
 def run_recipe(cfg: DictConfig, ckpt_path: str | None, saved: dict[str, Any], started: float) -> dict[str, Any]:
@@ -46,37 +47,40 @@ def run_recipe(cfg: DictConfig, ckpt_path: str | None, saved: dict[str, Any], st
         leave_distributed(trainer)
     best_path = checkpoints.best
 
-    metrics = {
-        "tier": cfg.tier.name,
-        "seed": cfg.seed,
-        "epochs": epochs,
-        "student": {
-            "architecture": model_name(cfg.model.student),
-            "test_acc": test["test/acc"],
-            "val_acc_best": checkpoints.best_score,
-            "agreement": test.get("test/agreement"),
+    folder = RunFolder(Path(cfg.paths.output_dir))
+    metrics = RunMetrics(
+        tier=cfg.tier.name,
+        seed=cfg.seed,
+        epochs=epochs,
+        student=ModelSummary(
+            architecture=model_name(cfg.model.student),
+            test_acc=test["test/acc"],
+            val_acc_best=checkpoints.best_score,
+            agreement=test.get("test/agreement"),
             **model_stats(module.student, datamodule.input_shape),
-        },
-        "checkpoints": {"best": checkpoints.best, "last": checkpoints.last},
-    }
+        ),
+        checkpoints={"best": checkpoints.best, "last": checkpoints.last},
+    )
     pruning = next((c for c in trainer.callbacks if isinstance(c, StructuredPruning)), None) if trainer else None
     if pruning is not None:
-        metrics["pruning"] = {"target": pruning.target, "steps_done": pruning.steps_done, "history": pruning.history}
+        metrics.pruning = {"target": pruning.target, "steps_done": pruning.steps_done, "history": pruning.history}
     if teacher is not None:
-        metrics["teacher"] = {
-            "architecture": model_name(cfg.model.teacher),
-            "test_acc": test.get("test/teacher_acc"),
-            "source": teacher_info.get("path"),
+        metrics.teacher = ModelSummary(
+            architecture=model_name(cfg.model.teacher),
+            test_acc=test.get("test/teacher_acc"),
+            source=teacher_info.get("path"),
             **model_stats(teacher, datamodule.input_shape),
-        }
+        )
     is_global_zero = trainer is None or trainer.is_global_zero
     if cfg.quantization.enabled and best_path and is_global_zero:
-        metrics["quantization"] = quantize_student(cfg, datamodule, teacher, Path(best_path), loggers, resume_qat)
-        shipped = metrics["quantization"][metrics["quantization"]["path"]]
-        metrics["student"].update(int8_bytes=shipped["bytes"], int8_test_acc=shipped["test_acc"])
-    metrics["train_seconds"] = round(time.perf_counter() - started, 1)
+        metrics.quantization = quantize_student(cfg, datamodule, teacher, Path(best_path), loggers, resume_qat)
+        shipped = metrics.quantization.shipped()
+        metrics.student.int8_bytes, metrics.student.int8_test_acc = shipped.bytes, shipped.test_acc
+        for path in {checkpoints.best, checkpoints.last} - {None, ""}:
+            record_int8_path(path, metrics.quantization.path)
+    metrics.train_seconds = round(time.perf_counter() - started, 1)
     if is_global_zero:
-        write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+        folder.write_metrics(metrics)
         print_run_summary(metrics)
-        log_run_results(loggers, metrics, Path(cfg.paths.output_dir))
-    return metrics
+        log_run_results(loggers, metrics, folder)
+    return metrics.to_dict()

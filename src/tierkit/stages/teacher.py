@@ -17,8 +17,9 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from tierkit.distill.teacher import TEACHER_FORMAT, load_teacher, teacher_cache_key, teacher_work_folder
+from tierkit.distill.teacher import TEACHER_FORMAT, load_teacher, teacher_cache_key
 from tierkit.models.build import build_model, model_name
+from tierkit.run_folder import RunFolder
 from tierkit.stages.trainer import build_trainer, recipe_module
 from tierkit.utils.files import save_torch, write_json
 from tierkit.utils.instantiate import instantiate
@@ -35,7 +36,8 @@ def train_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, key: str) 
     progress = cfg.get("callbacks", {}).get("progress")
     # In the run folder, not a temporary one: a requeued SLURM job resumes the teacher from Lightning's
     # hpc_ckpt_<n>.ckpt here with its best-checkpoint record intact. Removed once the teacher is cached.
-    folder = teacher_work_folder(cfg)
+    run = RunFolder(Path(cfg.paths.output_dir))
+    folder = run.teacher_work
     checkpoint = ModelCheckpoint(dirpath=folder / "checkpoints", filename="teacher", monitor="val/acc", mode="max")
     callbacks = [checkpoint] + ([instantiate(progress, where="callbacks.progress")] if progress else [])
     # One process: under DDP the student's ranks start only after the teacher is cached, so no rank
@@ -43,7 +45,7 @@ def train_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, key: str) 
     trainer = build_trainer(
         cfg,
         callbacks,
-        CSVLogger(Path(cfg.paths.output_dir) / "logs", name="teacher", version=""),
+        CSVLogger(run.logs, name="teacher", version=""),
         one_process=True,
         root_dir=folder,
         max_epochs=cfg.teacher.max_epochs,
@@ -93,7 +95,7 @@ def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule) -> tuple[
             payload = train_teacher(cfg, datamodule, key)
             save_torch(path, payload)
             write_json(path.parent / "teacher.json", {k: v for k, v in payload.items() if k != "state_dict"})
-            shutil.rmtree(teacher_work_folder(cfg), ignore_errors=True)
+            shutil.rmtree(RunFolder(Path(cfg.paths.output_dir)).teacher_work, ignore_errors=True)
     finally:
         lock.release()
     return load_teacher(path, cfg.model.teacher, shape, classes)

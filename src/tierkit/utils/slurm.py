@@ -37,20 +37,12 @@ def restart_count() -> int:
         return 0
 
 
-def requeued_checkpoint(output_dir: Path) -> Path | None:
-    """On a requeued job, the newest checkpoint the earlier attempts left in this run folder (either stage)."""
+def requeued_checkpoint(found: list[Path]) -> Path | None:
+    """On a requeued job, the newest of the checkpoints ``found`` that earlier attempts left in the run folder."""
     if restart_count() == 0:
         return None
-    checkpoints = output_dir / "checkpoints"
-    candidates = [
-        *output_dir.glob("hpc_ckpt_*.ckpt"),
-        *(checkpoints / "qat").glob("hpc_ckpt_*.ckpt"),
-        checkpoints / "last.ckpt",
-        checkpoints / "qat" / "last.ckpt",
-    ]
-    found = [path for path in candidates if path.is_file()]
     if not found:
-        log.info("Requeued SLURM job (restart %d), but no checkpoint in %s: starting over", restart_count(), output_dir)
+        log.info("Requeued SLURM job (restart %d), but no checkpoint left: starting over", restart_count())
         return None
     newest = max(found, key=lambda path: path.stat().st_mtime)
     log.info("Requeued SLURM job (restart %d): resuming from %s", restart_count(), newest)
