@@ -33,7 +33,7 @@ from benchmarks.common import RESULTS, describe, save_results, train_with
 from benchmarks.train_loop import kd_epoch_seconds, lightning_steps_per_second, plain_steps_per_second
 from tierkit.conf import CONFIG_DIR
 from tierkit.distill.module import freeze
-from tierkit.models.build import build_model
+from tierkit.models.build import build_student
 from tierkit.models.checkpoint import load_student
 from tierkit.onnxio import export_onnx, onnx_accuracy
 from tierkit.profile.latency import ort_session
@@ -165,7 +165,7 @@ def build_files(scratch: Path, mode: Mode, tiers: Path | None, cache: list[str])
     files.update(tier_files(tiers, scratch / "export", mode))
     for tier in TIERS:
         notes[f"tierkit {tier}"] = f"ships {files[f'tierkit {tier}'].stem}"
-    student = build_model(cfg.model.student, datamodule.input_shape, datamodule.num_classes, where="model.student")
+    student = build_student(cfg)
     return files, notes, datamodule, {"student": student, "teacher": teacher}
 
 

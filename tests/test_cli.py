@@ -74,7 +74,7 @@ def test_resume_from_last_continues_training(finished_run):
         root,
         *TINY,
         *PRUNED,
-        "model.student.width=0.9",
+        "tier.student_width=0.9",
         "ckpt_path=last",
         "trainer.max_epochs=3",
         f"hydra.run.dir={root / 'r2'}",

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf, open_dict
 
 from tierkit.cli.deprecated import apply_renamed_keys
 from tierkit.export.variants import tier_budgets
-from tierkit.models.build import build_model
+from tierkit.models.build import build_model, build_student
 
 from conftest import CONFIG_DIR, compose_train
 
@@ -36,13 +36,13 @@ def test_model_options_build_teacher_larger_than_student(tmp_path, option, tier)
     cfg = compose_train(tmp_path, f"model={option}", f"tier={tier}")
     shape, classes = cfg.data.input_shape, cfg.data.num_classes
     teacher = build_model(cfg.model.teacher, shape, classes, where="model.teacher")
-    student = build_model(cfg.model.student, shape, classes, where="model.student")
+    student = build_student(cfg)
     assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters())
 
 
 def test_tiers_order_students_and_budgets(tmp_path):
     tiers = {t: compose_train(tmp_path, f"tier={t}") for t in ("highend", "midrange", "lowend")}
-    widths = [tiers[t].model.student.width for t in ("highend", "midrange", "lowend")]
+    widths = [tiers[t].tier.student_width for t in ("highend", "midrange", "lowend")]
     drops = [tiers[t].tier.budgets.max_drop_vs_teacher for t in ("highend", "midrange", "lowend")]
     sizes = [tiers[t].tier.budgets.max_size_kib for t in ("highend", "midrange", "lowend")]
     targets = [tiers[t].callbacks.pruning.target for t in ("highend", "midrange", "lowend")]

@@ -56,10 +56,10 @@ def test_resnet_rejects_invalid_depth():
 
 
 def test_build_model_explains_a_bad_target():
-    with pytest.raises(TierkitError, match="could not build") as err:
+    with pytest.raises(TierkitError, match="SmallCNN takes no argument 'depth', set by the model config") as err:
         config = OmegaConf.create({"_target_": "tierkit.models.SmallCNN", "depth": 3})
         build_model(config, (1, 8, 8), 10, "model.student")
-    assert "model.student" in str(err.value)
+    assert "model.student.depth" in str(err.value)
 
 
 def test_build_model_refuses_non_modules():

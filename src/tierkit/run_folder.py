@@ -37,7 +37,10 @@ class ModelSummary:
     size_bytes: int
     val_acc_best: float | None = None
     agreement: float | None = None
+    # A teacher's: its file, the format its weights came in, and its validation accuracy before distilling.
     source: str | None = None
+    weights_format: str | None = None
+    val_acc: float | None = None
     int8_bytes: int | None = None
     int8_test_acc: float | None = None
 

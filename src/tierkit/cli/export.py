@@ -7,6 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 import tierkit.utils.resolvers  # noqa: F401  (registers the config resolvers)
+from tierkit.cli import import_from_working_folder
 from tierkit.conf import CONFIG_DIR
 from tierkit.errors import TierkitError
 from tierkit.stages.export import export
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
     silence_known_noise()
+    import_from_working_folder()
     try:
         export(cfg)
     except TierkitError as exc:

@@ -18,6 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 import tierkit.utils.resolvers  # noqa: F401  (registers the config resolvers)
+from tierkit.cli import import_from_working_folder
 from tierkit.cli.deprecated import apply_renamed_keys
 from tierkit.conf import CONFIG_DIR
 from tierkit.distill.module import check_distill_settings
@@ -148,6 +149,7 @@ def objective(metrics: dict[str, Any], names: str | list[str] | None) -> float |
 def main(cfg: DictConfig) -> float | list[float] | None:
     """Hydra entry point; returns ``optimized_metric`` for sweepers."""
     silence_known_noise()
+    import_from_working_folder()
     with finishing_wandb_run():
         try:
             metrics = train(cfg)

@@ -13,8 +13,8 @@ from torch import nn
 
 from tierkit.errors import TierkitError
 from tierkit.models.build import build_model
+from tierkit.models.weights import load_weights_strictly, read_weights_file, strip_prefix
 from tierkit.run_folder import RunFolder
-from tierkit.utils.files import load_torch
 
 TEACHER_FORMAT = 1
 # Trainer keys that change where or how loudly a run goes, not the teacher it produces.
@@ -40,7 +40,9 @@ def teacher_cache_key(cfg: DictConfig) -> str:
     recipe = {
         "data": {k: v for k, v in container["data"].items() if k not in _DATA_KEYS_IGNORED_BY_CACHE},
         "model": container["model"]["teacher"],
-        "teacher": {k: v for k, v in container["teacher"].items() if k not in ("ckpt_path", "cache_dir")},
+        "teacher": {
+            k: v for k, v in container["teacher"].items() if k not in ("ckpt_path", "state_dict_prefix", "cache_dir")
+        },
         "trainer": {k: v for k, v in container["trainer"].items() if k not in _TRAINER_KEYS_IGNORED_BY_CACHE},
         "format": TEACHER_FORMAT,
     }
@@ -48,38 +50,38 @@ def teacher_cache_key(cfg: DictConfig) -> str:
 
 
 def load_teacher(
-    path: str | Path, model_config: DictConfig, input_shape: tuple[int, ...], num_classes: int
+    path: str | Path,
+    model_config: DictConfig,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    prefix: str | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild ``model_config`` and load the teacher file's weights into it, refusing any mismatch."""
+    """Build ``model_config`` and load a teacher's weights into it, strictly.
+
+    ``path`` is a tierkit teacher file, a plain state_dict (.pt/.pth), a safetensors file or a Lightning checkpoint
+    (keys under ``prefix``, found automatically when None). Returns the model and what is known of it.
+    """
     path = Path(path).expanduser()
-    fix = "pass a teacher file written by tierkit (.cache/tierkit/teachers/*/teacher.pt) or drop teacher.ckpt_path"
-    if not path.is_file():
-        raise TierkitError(f"teacher checkpoint {path} does not exist", where="teacher.ckpt_path", fix=fix)
-    try:
-        payload = load_torch(path)
-    except Exception as exc:
-        raise TierkitError(f"cannot read teacher checkpoint {path}: {exc}", where="teacher.ckpt_path", fix=fix) from exc
-    if not isinstance(payload, dict) or payload.get("format") != TEACHER_FORMAT or "state_dict" not in payload:
-        raise TierkitError(f"{path} is not a tierkit teacher file", where="teacher.ckpt_path", fix=fix)
-    if list(payload["input_shape"]) != list(input_shape) or payload["num_classes"] != num_classes:
-        raise TierkitError(
-            f"teacher {path} was trained on inputs {payload['input_shape']} with {payload['num_classes']} "
-            f"classes, but the data gives {list(input_shape)} with {num_classes}",
-            where="teacher.ckpt_path",
-            fix="use a teacher trained on this data, or drop teacher.ckpt_path to train one",
-        )
+    where = "teacher.ckpt_path"
+    weights, metadata, kind = read_weights_file(path, where)
+    if kind == "tierkit teacher":
+        if metadata.get("format") != TEACHER_FORMAT:
+            raise TierkitError(
+                f"{path} is tierkit teacher format {metadata.get('format')!r}; this tierkit reads {TEACHER_FORMAT}",
+                where=where,
+                fix="retrain the teacher (drop teacher.ckpt_path) or use the tierkit release that wrote it",
+            )
+        if list(metadata["input_shape"]) != list(input_shape) or metadata["num_classes"] != num_classes:
+            raise TierkitError(
+                f"teacher {path} was trained on inputs {metadata['input_shape']} with {metadata['num_classes']} "
+                f"classes, but the data gives {list(input_shape)} with {num_classes}",
+                where=where,
+                fix="use a teacher trained on this data, or drop teacher.ckpt_path to train one",
+            )
     model = build_model(model_config, input_shape, num_classes, where="model.teacher")
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        saved = payload.get("model_config", {})
-        raise TierkitError(
-            f"teacher {path} holds a different architecture ({saved}) than model.teacher "
-            f"({OmegaConf.to_container(model_config, resolve=True)}): {str(exc).splitlines()[0]}",
-            where="teacher.ckpt_path / model.teacher",
-            fix="set model.teacher to the architecture the checkpoint was trained with, or use a matching checkpoint",
-        ) from exc
-    return model, {"path": str(path), **payload.get("metrics", {})}
+    weights = strip_prefix(weights, set(model.state_dict()), prefix, where="teacher.state_dict_prefix")
+    load_weights_strictly(model, weights, f"teacher {path} ({kind})", where="teacher.ckpt_path / model.teacher")
+    return model.eval(), {"path": str(path), "weights_format": kind, **metadata.get("metrics", {})}
 
 
 def find_run_teacher(run: Path, config: DictConfig) -> Path:

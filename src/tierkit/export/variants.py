@@ -347,7 +347,9 @@ def export_teacher(runs: list[Run], out: Path) -> dict:
         )
     (source, run), config = next(iter(sources.items())), runs[0].config
     shape = list(config.data.input_shape)
-    teacher, _ = load_teacher(source, config.model.teacher, shape, config.data.num_classes)
+    teacher, _ = load_teacher(
+        source, config.model.teacher, shape, config.data.num_classes, prefix=config.teacher.get("state_dict_prefix")
+    )
     path = export_onnx(teacher, out / "teacher" / "fp32.onnx", tuple(shape))
     stats = model_stats(teacher, shape)
     datamodule = instantiate(config.data, where=f"{run.folder} data config")

@@ -1,17 +1,154 @@
-"""Instantiate a model config against the data it will see, with a clear error when that fails."""
+"""Build any nn.Module from a model config, passing tierkit's facts (input shape, classes, a tier's width
+multiplier) only to constructors that take them, and naming the argument and its source when a call cannot work.
 
+A model config is the class's own keyword arguments plus optional ``*_arg`` keys that say how tierkit's facts
+are spelled in its constructor (``num_classes_arg: n_classes``). Keys the model config sets are never replaced.
+"""
+
+import inspect
+import logging
 from collections.abc import Sequence
+from typing import Any
 
-from omegaconf import DictConfig
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from tierkit.errors import TierkitError
 from tierkit.utils.instantiate import instantiate
 
+log = logging.getLogger(__name__)
 
-def build_model(config: DictConfig, input_shape: Sequence[int], num_classes: int, where: str) -> nn.Module:
-    """``config`` names a ``_target_`` nn.Module class accepting ``input_shape`` and ``num_classes``."""
-    model = instantiate(config, where=where, input_shape=list(input_shape), num_classes=num_classes)
+# How tierkit's facts are named in a constructor unless the model config says otherwise; None: never passed
+# unless named (a "width" may be a channel count, so a width multiplier goes only where the config says).
+FACT_ARGS = {"input_shape_arg": "input_shape", "in_channels_arg": "in_channels", "num_classes_arg": "num_classes"}
+WIDTH_ARG = "width_multiplier_arg"
+META_KEYS = {*FACT_ARGS, WIDTH_ARG}
+
+
+def model_class(config: DictConfig, where: str) -> Any:
+    target = config.get("_target_")
+    try:
+        return get_object(str(target))
+    except Exception as exc:
+        raise TierkitError(
+            f"cannot import {target!r} ({type(exc).__name__}: {exc})",
+            where=f"{where}._target_",
+            fix="give the full import path of your class (package.module.Class) and make sure Python can import "
+            "it: install your package, or run from the folder that holds it",
+        ) from exc
+
+
+def _parameters(target: Any) -> tuple[dict[str, inspect.Parameter], bool]:
+    """The constructor's named parameters, and whether it also takes any keyword (``**kwargs``)."""
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return {}, True
+    named = {name: p for name, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return named, any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+
+
+def _source_of(key: str, where: str) -> str:
+    """Which config set ``where.key``: the command line, or the model's config file."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:
+        overrides = []
+    on_command_line = any(o.lstrip("+~").split("=")[0] == f"{where}.{key}" for o in overrides)
+    return "the command line" if on_command_line else f"the model config ({where})"
+
+
+def model_arguments(
+    config: DictConfig,
+    input_shape: Sequence[int],
+    num_classes: int,
+    where: str,
+    width_multiplier: float | None = None,
+    width_from: str = "the tier",
+) -> dict[str, Any]:
+    """The keyword arguments tierkit adds to ``config``'s own for this constructor; checks the call is complete."""
+    target = model_class(config, where)
+    parameters, takes_any = _parameters(target)
+    own = {key for key in config if not str(key).startswith("_") and key not in META_KEYS}
+    facts = {
+        "input_shape_arg": list(input_shape),
+        "in_channels_arg": int(input_shape[0]),
+        "num_classes_arg": num_classes,
+    }
+    added = {}
+    for meta, default in FACT_ARGS.items():
+        name = config.get(meta, default)
+        if name is None or name in own:
+            continue
+        if name in parameters or (meta in config and takes_any):
+            added[name] = facts[meta]
+        elif meta in config:
+            raise TierkitError(
+                f"{where}.{meta} names {name!r}, but {target.__name__} takes no argument of that name",
+                where=f"{where}.{meta}",
+                fix=f"name one of {target.__name__}'s arguments ({', '.join(parameters) or 'none'}), or remove it",
+            )
+    if width_multiplier is not None:
+        name = config.get(WIDTH_ARG)
+        if name is None:
+            log.info(
+                "%s's student width multiplier %s is not applied: %s names no width_multiplier_arg "
+                "(size students by pruning, or set %s.width_multiplier_arg to the argument that scales channels)",
+                width_from,
+                width_multiplier,
+                where,
+                where,
+            )
+        elif name in own:
+            log.info(
+                "%s sets its own %s=%s; %s's width multiplier %s is not applied",
+                where,
+                name,
+                config[name],
+                width_from,
+                width_multiplier,
+            )
+        else:
+            added[name] = width_multiplier
+    if not takes_any:
+        unexpected = sorted(key for key in own if key not in parameters)
+        if unexpected:
+            key = unexpected[0]
+            raise TierkitError(
+                f"{target.__name__} takes no argument {key!r}, set by {_source_of(key, where)}",
+                where=f"{where}.{key}",
+                fix=f"remove it (~{where}.{key}); {target.__name__} takes: {', '.join(parameters) or 'nothing'}",
+            )
+    missing = [
+        name
+        for name, p in parameters.items()
+        if p.default is inspect.Parameter.empty and name not in own and name not in added
+    ]
+    if missing:
+        raise TierkitError(
+            f"{target.__name__} needs argument {missing[0]!r}, which no config sets",
+            where=f"{where}.{missing[0]}",
+            fix=f"set it in your model config or on the command line (+{where}.{missing[0]}=...), or map one of "
+            f"tierkit's facts to it ({where}.num_classes_arg={missing[0]}, input_shape_arg, in_channels_arg)",
+        )
+    return added
+
+
+def build_model(
+    config: DictConfig,
+    input_shape: Sequence[int],
+    num_classes: int,
+    where: str,
+    width_multiplier: float | None = None,
+    width_from: str = "the tier",
+) -> nn.Module:
+    """The nn.Module ``config`` describes, built for this data (and, for a student, the tier's width)."""
+    added = model_arguments(config, input_shape, num_classes, where, width_multiplier, width_from)
+    own = OmegaConf.create({k: v for k, v in config.items() if k not in META_KEYS})
+    model = instantiate(own, where=where, **added)
     if not isinstance(model, nn.Module):
         raise TierkitError(
             f"{config.get('_target_')} built a {type(model).__name__}, not a torch.nn.Module",
@@ -19,6 +156,19 @@ def build_model(config: DictConfig, input_shape: Sequence[int], num_classes: int
             fix="point _target_ at an nn.Module class",
         )
     return model
+
+
+def build_student(config: DictConfig, where: str = "model.student") -> nn.Module:
+    """A run's student, from its whole config: the model, the data's shape and classes, and the tier's width."""
+    tier = config.get("tier") or {}
+    return build_model(
+        config.model.student,
+        config.data.input_shape,
+        config.data.num_classes,
+        where=where,
+        width_multiplier=tier.get("student_width"),
+        width_from=f"tier {tier.get('name', '?')}",
+    )
 
 
 def model_name(config: DictConfig) -> str:

@@ -6,7 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from tierkit.errors import TierkitError
-from tierkit.models.build import build_model
+from tierkit.models.build import build_student
 from tierkit.models.qat import prepare_qat
 from tierkit.models.structure import apply_structure
 from tierkit.run_folder import RunFolder
@@ -40,7 +40,7 @@ def load_student(path: str | Path) -> tuple[nn.Module, DictConfig]:
             fix="export it with the tierkit release that trained it, or retrain with this one",
         )
     config = OmegaConf.create(saved["config"])
-    student = build_model(config.model.student, config.data.input_shape, config.data.num_classes, where=str(path))
+    student = build_student(config, where=str(path))
     weights = {k.removeprefix("student."): v for k, v in checkpoint["state_dict"].items() if k.startswith("student.")}
     apply_structure(student, saved.get("structure", {}), weights)
     if saved.get("qat"):

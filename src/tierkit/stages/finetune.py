@@ -12,19 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from tierkit.data.base import ArrayDataModule
 from tierkit.distill.teacher import find_run_teacher, load_teacher
 from tierkit.errors import TierkitError
-from tierkit.models.build import build_model, model_name
+from tierkit.models.build import build_student, model_name
 from tierkit.models.checkpoint import load_student, record_int8_path, shipped_int8_path
 from tierkit.models.qat import is_prepared, qat_settings
 from tierkit.models.structure import describe_structure
 from tierkit.quant.callback import QuantizationAwareTraining
 from tierkit.run_folder import FinetuneReport, ModelSummary, RunFolder, RunMetrics
+from tierkit.stages.evaluate import split_accuracy
 from tierkit.stages.quantize import quantize_student
 from tierkit.stages.summary import print_finetune_summary
 from tierkit.stages.trainer import build_trainer, fit_checkpoints, recipe_module
@@ -62,7 +62,7 @@ def source_checkpoint(run: RunFolder, checkpoint: str) -> Path:
 
 def check_compressed(student: nn.Module, config: DictConfig, path: Path) -> None:
     """Refuse a student that was neither pruned nor quantization-aware: there is no compression to keep."""
-    unpruned = build_model(config.model.student, config.data.input_shape, config.data.num_classes, where=str(path))
+    unpruned = build_student(config, where=str(path))
     pruned = sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in unpruned.parameters())
     if not (pruned or is_prepared(student)):
         raise TierkitError(
@@ -81,20 +81,6 @@ def check_target_data(target: ArrayDataModule, config: DictConfig) -> None:
             where="data",
             fix="fine-tune on data with the source run's input shape and classes (the same data= plus shift=...)",
         )
-
-
-@torch.no_grad()
-def split_accuracy(model: nn.Module, datamodule: ArrayDataModule, split: str = "test") -> float:
-    """Accuracy of ``model`` on one split in PyTorch, in eval mode, leaving the model's mode as it was."""
-    was_training = model.training
-    model.eval()
-    data = datamodule.splits[split]
-    correct = sum(
-        int((model(data.images[i : i + 1000]).argmax(1) == data.labels[i : i + 1000]).sum())
-        for i in range(0, len(data), 1000)
-    )
-    model.train(was_training)
-    return correct / len(data)
 
 
 def scores(model: nn.Module, target: ArrayDataModule, original: ArrayDataModule) -> dict[str, float]:
@@ -134,7 +120,13 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     teacher_path = find_run_teacher(run.root, source) if cfg.finetune.alpha > 0 else None
     teacher = None
     if teacher_path is not None:
-        teacher, _ = load_teacher(teacher_path, source.model.teacher, list(target.input_shape), target.num_classes)
+        teacher, _ = load_teacher(
+            teacher_path,
+            source.model.teacher,
+            list(target.input_shape),
+            target.num_classes,
+            prefix=source.teacher.get("state_dict_prefix"),
+        )
     L.seed_everything(cfg.seed, workers=True)
     module = recipe_module(
         student.train(),

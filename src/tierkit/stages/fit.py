@@ -7,7 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from tierkit.distill import DistillationModule
-from tierkit.models.build import build_model
+from tierkit.models.build import build_student
 from tierkit.models.checkpoint import load_student
 from tierkit.stages.trainer import FitCheckpoints, build_trainer, fit_checkpoints, recipe_module
 from tierkit.utils.instantiate import instantiate_callbacks
@@ -18,7 +18,7 @@ def fit_student(
 ) -> tuple[L.Trainer, DistillationModule, FitCheckpoints, dict[str, Any]]:
     """Fit the student (``ckpt_path`` resumes a fit) and test its best checkpoint."""
     L.seed_everything(cfg.seed, workers=True)
-    student = build_model(cfg.model.student, datamodule.input_shape, datamodule.num_classes, where="model.student")
+    student = build_student(cfg)
     module = recipe_module(student, datamodule.num_classes, cfg, where="", teacher=teacher, **cfg.distill)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     trainer = build_trainer(cfg, instantiate_callbacks(cfg.get("callbacks")), loggers)

@@ -69,6 +69,8 @@ def run_recipe(cfg: DictConfig, ckpt_path: str | None, saved: dict[str, Any], st
             architecture=model_name(cfg.model.teacher),
             test_acc=test.get("test/teacher_acc"),
             source=teacher_info.get("path"),
+            weights_format=teacher_info.get("weights_format"),
+            val_acc=teacher_info.get("val_acc"),
             **model_stats(teacher, datamodule.input_shape),
         )
     is_global_zero = trainer is None or trainer.is_global_zero

@@ -26,6 +26,12 @@ def print_run_summary(metrics: RunMetrics, console: Console | None = None) -> No
         )
     console = console or Console()
     console.print(table)
+    teacher = metrics.teacher
+    if teacher is not None and teacher.val_acc is not None:
+        console.print(
+            f"teacher: {_pct(teacher.val_acc)} on validation before distilling "
+            f"({teacher.weights_format or 'weights'} from {teacher.source})"
+        )
     if metrics.student.agreement is not None:
         console.print(f"student-teacher agreement on test: {_pct(metrics.student.agreement)}")
     if metrics.checkpoints.get("best"):

@@ -20,6 +20,7 @@ from torch import nn
 from tierkit.distill.teacher import TEACHER_FORMAT, load_teacher, teacher_cache_key
 from tierkit.models.build import build_model, model_name
 from tierkit.run_folder import RunFolder
+from tierkit.stages.evaluate import split_accuracy
 from tierkit.stages.trainer import build_trainer, recipe_module
 from tierkit.utils.files import save_torch, write_json
 from tierkit.utils.instantiate import instantiate
@@ -74,11 +75,34 @@ def train_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, key: str) 
     }
 
 
+def check_loaded_teacher(teacher: nn.Module, datamodule: L.LightningDataModule, path: str) -> dict[str, float]:
+    """A teacher brought from outside, scored on validation and test before it distils; near chance, a warning."""
+    scores = {split + "_acc": split_accuracy(teacher, datamodule, split) for split in ("val", "test")}
+    chance = 1 / datamodule.num_classes
+    log.info(
+        "Loaded teacher %s: %.2f%% on validation, %.2f%% on test",
+        path,
+        100 * scores["val_acc"],
+        100 * scores["test_acc"],
+    )
+    if scores["val_acc"] < 1.5 * chance:
+        log.warning(
+            "The teacher %s scores %.2f%% on validation, near chance (%.2f%%): is this the right checkpoint, "
+            "trained on this data with these classes and this normalisation?",
+            path,
+            100 * scores["val_acc"],
+            100 * chance,
+        )
+    return scores
+
+
 def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule) -> tuple[nn.Module, dict[str, Any]]:
     """The teacher named by ``teacher.ckpt_path``, else the cached one, training it first if needed."""
     shape, classes = datamodule.input_shape, datamodule.num_classes
     if cfg.teacher.get("ckpt_path"):
-        return load_teacher(cfg.teacher.ckpt_path, cfg.model.teacher, shape, classes)
+        prefix = cfg.teacher.get("state_dict_prefix")
+        teacher, info = load_teacher(cfg.teacher.ckpt_path, cfg.model.teacher, shape, classes, prefix=prefix)
+        return teacher, {**info, **check_loaded_teacher(teacher, datamodule, info["path"])}
     key = teacher_cache_key(cfg)
     path = Path(cfg.teacher.cache_dir) / key / "teacher.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
