@@ -56,7 +56,25 @@ CASES = [
         "python train.py model.student._target_=tierkit.models.Nope",
         "train.py",
         ("model.student._target_=tierkit.models.Nope",),
-        "could not build tierkit.models.Nope",
+        "cannot import 'tierkit.models.Nope'",
+    ),
+    Case(
+        "python train.py +model.student.depth=3",
+        "train.py",
+        ("+model.student.depth=3",),
+        "SmallCNN takes no argument 'depth', set by the command line",
+    ),
+    Case(
+        "python train.py teacher.ckpt_path=<state_dict of another architecture>",
+        "train.py",
+        ("teacher.ckpt_path={other_architecture}",),
+        "does not fit SmallCNN: ",
+    ),
+    Case(
+        "python train.py teacher.ckpt_path=<Lightning checkpoint> teacher.state_dict_prefix=net.",
+        "train.py",
+        ("teacher.ckpt_path={lightning}", "teacher.state_dict_prefix=net."),
+        "no key of the weights file starts with 'net.'",
     ),
     Case(
         "python train.py callbacks.pruning.target=1.5",
@@ -217,6 +235,8 @@ def workspace(tmp_path_factory):
     for model in tampered.rglob("*.onnx"):
         with model.open("ab") as model_file:
             model_file.write(b"\0")
+    torch.save({"encoder.weight": torch.zeros(4, 4)}, root / "other_architecture.pt")
+    torch.save({"epoch": 1, "state_dict": {"model.encoder.weight": torch.zeros(4, 4)}}, root / "lightning.ckpt")
     (root / "empty.npy").touch()
     np.save(root / "batch.npy", np.zeros((2, 1, 16, 16), dtype=np.float32))
     np.save(root / "wrong_batch.npy", np.zeros((2, 1, 8, 8), dtype=np.float32))
@@ -231,6 +251,8 @@ def workspace(tmp_path_factory):
         "empty": root / "empty.npy",
         "wrong_batch": root / "wrong_batch.npy",
         "tiny_device": root / "tiny_device.json",
+        "other_architecture": root / "other_architecture.pt",
+        "lightning": root / "lightning.ckpt",
     }
     return root, places, (run, export, root / "cache")
 
