@@ -59,6 +59,12 @@ CASES = [
         "cannot import 'tierkit.models.Nope'",
     ),
     Case(
+        "python train.py student=from_teacher ~callbacks.pruning",
+        "train.py",
+        ("student=from_teacher", "~callbacks.pruning"),
+        "student=from_teacher shrinks a copy of the teacher by pruning, but callbacks.pruning is off",
+    ),
+    Case(
         "python train.py +model.student.depth=3",
         "train.py",
         ("+model.student.depth=3",),

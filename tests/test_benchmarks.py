@@ -124,3 +124,11 @@ def test_quantization_targets_pass_and_miss_at_their_limits():
     large = {**small, "model": "lowend student", "bytes": 301, "onnx_test_acc": 0.980, "latency_ms_p50": 0.6}
     line = target_line(large, fp32)
     assert "size 0.3010x MISS" in line and "drop +0.60 points MISS" in line and "faster" not in line
+
+
+def test_derived_student_benchmark_counts_epochs_to_a_target():
+    from benchmarks.derived_student import epochs_cell, first_epoch_reaching
+
+    assert first_epoch_reaching([0.5, 0.7, 0.9], 0.7) == 2
+    assert first_epoch_reaching([0.5, 0.6], 0.7) is None
+    assert epochs_cell([2, 4, None]) == "3.0 ± 1.4 (1 of 3 never)"

@@ -10,13 +10,16 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from own_models import Payload, TinyConvNet
+from own_models import Payload, SeparableNet, TinyConvNet
 from safetensors.torch import save_file
 
 from tierkit.cli.train import train
 from tierkit.distill.teacher import load_teacher
 from tierkit.errors import TierkitError
 from tierkit.models.build import build_model, build_student
+from tierkit.models.checkpoint import load_student
+from tierkit.prune import StructuredPruning
+from tierkit.prune.sizing import model_size, ratio_for_size
 from tierkit.stages.export import export
 from tierkit.stages.teacher import obtain_teacher
 from tierkit.utils.instantiate import instantiate
@@ -273,3 +276,77 @@ def test_a_model_and_teacher_from_outside_the_repository_through_the_commands(tm
     manifest = json.loads((out / "manifest.json").read_text())
     assert {v["tier"] for v in manifest["variants"]} == {"lowend"}
     assert manifest["teacher"]["source"] == str((tmp_path / "teacher.pt").resolve())
+
+
+def test_pruning_ratio_for_a_share_of_the_teacher():
+    """The ratio found keeps at most the asked share, and a clearly smaller ratio would keep more."""
+    teacher = SeparableNet(SHAPE, CLASSES, channels=(32, 64))
+    example = torch.zeros(1, *SHAPE)
+    pruning = StructuredPruning(target=0.5, round_to=1)
+    full = model_size(teacher, example)
+    for measure in ("params", "macs"):
+        ratio, size = ratio_for_size(pruning, teacher, example, CLASSES, 0.1, measure)
+        assert size[measure] <= 0.1 * full[measure]
+        bigger, _ = ratio_for_size(pruning, teacher, example, CLASSES, 0.2, measure)
+        assert bigger < ratio
+    with pytest.raises(TierkitError, match="pruning keeps at least"):
+        ratio_for_size(StructuredPruning(target=0.5, round_to=64), teacher, example, CLASSES, 0.01)
+    with pytest.raises(TierkitError, match="unknown size measure 'flops'"):
+        ratio_for_size(pruning, teacher, example, CLASSES, 0.1, "flops")
+
+
+def _from_teacher_run(root, tier: str, *extra: str):
+    """student=from_teacher on SeparableNet, a family tierkit does not ship, with a plainly trained teacher."""
+    cfg = compose_train(
+        root,
+        "data=synthetic",
+        "debug=tiny",
+        f"tier={tier}",
+        "student=from_teacher",
+        "~callbacks.progress",
+        "callbacks.pruning.round_to=1",
+        "callbacks.pruning.end_epoch=1",
+        "callbacks.pruning.steps=2",
+        "trainer.max_epochs=2",
+        "quantization=ptq",
+        "quantization.calibration.samples=64",
+        "quantization.calibration.batch_size=32",
+        *extra,
+    )
+    datamodule = instantiate(cfg.data, where="data")
+    datamodule.setup()
+    torch.manual_seed(0)
+    separable = {**SEPARABLE, "channels": [32, 64]}
+    teacher = _train_plainly(build_model(OmegaConf.create(separable), SHAPE, CLASSES, "teacher"), datamodule)
+    torch.save(teacher.state_dict(), root / "teacher.pt")
+    cfg.teacher.ckpt_path = str(root / "teacher.pt")
+    cfg.model = OmegaConf.create({"teacher": separable, "student": {"_target_": "unused.Model"}})
+    return teacher, train(cfg)
+
+
+def test_a_student_derived_from_the_teacher_inherits_its_weights(tmp_path):
+    """With the learning rate at zero, every weight the derived student kept is the teacher's own."""
+    teacher, metrics = _from_teacher_run(tmp_path, "lowend", "optimizer.lr=0", "quantization=off")
+    student, config = load_student(metrics["checkpoints"]["last"])
+    assert config.model.student == config.model.teacher, "checkpoints rebuild the teacher's architecture"
+    size = model_size(student, torch.zeros(1, *SHAPE))["params"]
+    assert size == metrics["student"]["params"] <= 0.046 * metrics["teacher"]["params"]
+    first_teacher, first_student = teacher.body[1].weight, student.body[1].weight  # pointwise convs
+    kept = [
+        i for i in range(first_teacher.shape[0]) if any(torch.equal(first_teacher[i], row) for row in first_student)
+    ]
+    assert len(kept) == first_student.shape[0], "every kept filter is one of the teacher's"
+
+
+@pytest.mark.parametrize("tier", ["highend", "midrange", pytest.param("lowend", marks=pytest.mark.slow)])
+def test_derived_students_meet_each_tier_size_and_export_to_integer_kernels(tmp_path, tier):
+    _, metrics = _from_teacher_run(tmp_path, tier)
+    cfg = compose_train(tmp_path, f"tier={tier}")
+    assert metrics["student"]["params"] <= cfg.tier.size_vs_teacher * metrics["teacher"]["params"]
+    assert metrics["student"]["architecture"] == "SeparableNet"
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        overrides = [f"run={tmp_path / 'run'}", f"output_dir={tmp_path / 'export'}", *QUICK, "precisions=[fp32,int8]"]
+        hardware = f"profiling.hardware=[{cfg.tier.budget_hardware}]"
+        manifest = export(compose("export", overrides=[*overrides, hardware]))
+    int8 = [v for v in manifest["variants"] if v["precision"] == "int8"]
+    assert len(int8) == 2 and all(v["float_compute_ops"] == [] for v in int8), [v["float_compute_ops"] for v in int8]

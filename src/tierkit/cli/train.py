@@ -36,7 +36,7 @@ from tierkit.utils.slurm import job_id, requeued_checkpoint
 log = logging.getLogger(__name__)
 
 # What a checkpoint was trained on; resuming takes these from the checkpoint, the rest from the command line.
-MODEL_DEFINING_SECTIONS = ("data", "model", "distill", "teacher", "tier")
+MODEL_DEFINING_SECTIONS = ("data", "model", "student", "distill", "teacher", "tier")
 
 
 def find_last_checkpoint(cfg: DictConfig) -> Path:

@@ -158,15 +158,21 @@ def build_model(
     return model
 
 
+def derives_from_teacher(config: DictConfig) -> bool:
+    """Whether the run's student is the teacher pruned to the tier's size (``student=from_teacher``)."""
+    return OmegaConf.select(config, "student.init") == "from_teacher"
+
+
 def build_student(config: DictConfig, where: str = "model.student") -> nn.Module:
-    """A run's student, from its whole config: the model, the data's shape and classes, and the tier's width."""
+    """A run's student, from its whole config: the model, the data's shape and classes, and the tier's width
+    (a student derived from the teacher has the teacher's architecture, sized by pruning instead)."""
     tier = config.get("tier") or {}
     return build_model(
         config.model.student,
         config.data.input_shape,
         config.data.num_classes,
         where=where,
-        width_multiplier=tier.get("student_width"),
+        width_multiplier=None if derives_from_teacher(config) else tier.get("student_width"),
         width_from=f"tier {tier.get('name', '?')}",
     )
 

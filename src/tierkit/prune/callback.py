@@ -126,10 +126,7 @@ class StructuredPruning(Callback):
             return
         student, example = self._student_and_example(trainer, pl_module)
         self.protected_layers(student, pl_module.num_classes)
-        if not self.original_widths:
-            self.original_widths = {
-                name: output_width(m) for name, m in student.named_modules() if isinstance(m, PRUNABLE)
-            }
+        self._remember_widths(student)
         try:
             with preserved_mode(student):
                 tp.DependencyGraph().build_dependency(student, example_inputs=example)
@@ -151,8 +148,20 @@ class StructuredPruning(Callback):
         goal = self.ratios[self.steps_done]
         if self.importance == "taylor":
             self._accumulate_gradients(trainer, pl_module)
+        self.prune_to(student, example, goal, pl_module.num_classes)
+        student.zero_grad(set_to_none=True)
+        self.steps_done += 1
+        check_same_structure_on_all_ranks(trainer, student)
+        rewrap_distributed(trainer)
+        rebuild_optimizers(trainer)
+        forget_best_checkpoints(trainer)
+        self._log_step(trainer, pl_module, student, example, goal)
+
+    def prune_to(self, student: nn.Module, example: torch.Tensor, goal: float, num_classes: int) -> None:
+        """Remove channels in place until every prunable layer keeps its share at cumulative ratio ``goal``."""
+        self._remember_widths(student)
         with preserved_mode(student):
-            protected = self.protected_layers(student, pl_module.num_classes)
+            protected = self.protected_layers(student, num_classes)
             pruner = tp.pruner.BasePruner(
                 student,
                 example,
@@ -162,13 +171,17 @@ class StructuredPruning(Callback):
                 ignored_layers=protected,
             )
             pruner.step()
-        student.zero_grad(set_to_none=True)
-        self.steps_done += 1
-        check_same_structure_on_all_ranks(trainer, student)
-        rewrap_distributed(trainer)
-        rebuild_optimizers(trainer)
-        forget_best_checkpoints(trainer)
-        self._log_step(trainer, pl_module, student, example, goal)
+
+    def _remember_widths(self, student: nn.Module) -> None:
+        if not self.original_widths:
+            self.original_widths = {
+                name: output_width(m) for name, m in student.named_modules() if isinstance(m, PRUNABLE)
+            }
+
+    def retarget(self, target: float) -> None:
+        """Prune to ``target`` instead, on the same epochs and schedule shape (a size found for the tier)."""
+        self.target = target
+        self.ratios = pruning_schedule(self.schedule, target, len(self.ratios))
 
     def kept_width(self, original: int, goal: float) -> int:
         """Channels a layer keeps at cumulative ratio ``goal``: rounded to ``round_to``, never below it."""

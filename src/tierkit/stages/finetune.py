@@ -35,7 +35,7 @@ from tierkit.utils.model_stats import model_stats
 log = logging.getLogger(__name__)
 
 # Sections that define the model being fine-tuned: taken from the source run, never from today's defaults.
-SOURCE_SECTIONS = ("model", "distill", "teacher", "tier")
+SOURCE_SECTIONS = ("model", "student", "distill", "teacher", "tier")
 # Callbacks that would change the structure or the quantization: the source run already applied them.
 COMPRESSING_CALLBACKS = ("pruning", "qat")
 

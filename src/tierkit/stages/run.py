@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
-from tierkit.models.build import model_name
+from tierkit.models.build import derives_from_teacher, model_name
 from tierkit.models.checkpoint import record_int8_path
 from tierkit.prune import StructuredPruning
 from tierkit.prune.surgery import leave_distributed
@@ -32,7 +32,7 @@ def run_recipe(cfg: DictConfig, ckpt_path: str | None, saved: dict[str, Any], st
     datamodule.setup()
 
     teacher, teacher_info = None, {}
-    if cfg.distill.alpha > 0:
+    if cfg.distill.alpha > 0 or derives_from_teacher(cfg):
         teacher, teacher_info = obtain_teacher(cfg, datamodule)
     loggers = instantiate_loggers(cfg.get("logger"))
 

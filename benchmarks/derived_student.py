@@ -1,0 +1,116 @@
+"""A student derived from the teacher (pruned to the tier's size, keeping the teacher's weights) against today's
+width-scaled student trained from scratch, on the same tier, size, epochs and seeds.
+
+    python -m benchmarks.derived_student [--tiers lowend ...] [--seeds 1 2 3] [extra overrides...]
+
+For each tier and seed both students distil from the same teacher for the tier's epochs. Reported: parameters,
+test accuracy (mean ± sample sd), and the first epoch at which each reaches the scratch student's final
+validation accuracy. Writes benchmarks/results/derived_student.{json,md}.
+"""
+
+import argparse
+import csv
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import describe, save_results, train_with
+from tierkit.run_folder import RunFolder
+from tierkit.utils.noise import silence_known_noise
+
+MODES = ("scratch", "from_teacher")
+
+
+def validation_curve(output_dir: Path) -> list[float]:
+    """val/acc after each epoch, from the run's CSV log."""
+    rows = list(csv.DictReader((RunFolder(output_dir).logs / "csv" / "metrics.csv").open()))
+    by_epoch = {int(row["epoch"]): float(row["val/acc"]) for row in rows if row.get("val/acc")}
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+
+def first_epoch_reaching(curve: list[float], target: float) -> int | None:
+    """1-based epoch at which validation accuracy first reaches ``target``; None if it never does."""
+    return next((epoch for epoch, value in enumerate(curve, start=1) if value >= target), None)
+
+
+def spread(values: list[float], scale: float = 100, digits: int = 2) -> str:
+    mean = scale * statistics.mean(values)
+    sd = scale * statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def epochs_cell(epochs: list[int | None]) -> str:
+    reached = [e for e in epochs if e is not None]
+    never = len(epochs) - len(reached)
+    text = spread(reached, scale=1, digits=1) if reached else "-"
+    return text + (f" ({never} of {len(epochs)} never)" if never else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiers", nargs="+", default=["highend", "midrange", "lowend"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (e.g. data=fashion_mnist)")
+    args = parser.parse_args()
+    silence_known_noise()
+    print(describe(), flush=True)
+    rows, started = [], time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tierkit-derived-") as tmp:
+        for tier in args.tiers:
+            runs = {mode: [] for mode in MODES}
+            for seed in args.seeds:
+                for mode in MODES:
+                    out = Path(tmp) / f"{tier}-{mode}-{seed}"
+                    began = time.perf_counter()
+                    overrides = [f"tier={tier}", f"seed={seed}", f"student={mode}", "quantization=off"]
+                    metrics = train_with([*overrides, *args.overrides], out)
+                    runs[mode].append(
+                        {
+                            "seed": seed,
+                            "params": metrics["student"]["params"],
+                            "test_acc": metrics["student"]["test_acc"],
+                            "val_curve": validation_curve(out),
+                            "seconds": round(time.perf_counter() - began, 1),
+                            "teacher_params": metrics["teacher"]["params"],
+                            "teacher_test_acc": metrics["teacher"]["test_acc"],
+                        }
+                    )
+                    print(
+                        f"{tier} seed {seed} {mode}: {metrics['student']['params']:,} params, "
+                        f"test acc {100 * metrics['student']['test_acc']:.2f}%",
+                        flush=True,
+                    )
+            target = statistics.mean(run["val_curve"][-1] for run in runs["scratch"])
+            for mode in MODES:
+                for run in runs[mode]:
+                    run["epochs_to_scratch_final_val"] = first_epoch_reaching(run["val_curve"], target)
+            rows.append({"tier": tier, "scratch_final_val_acc": target, **runs})
+    lines = [
+        f"Machine: {describe()}",
+        f"Command: python -m benchmarks.derived_student --tiers {' '.join(args.tiers)} --seeds "
+        f"{' '.join(map(str, args.seeds))} {' '.join(args.overrides)}".rstrip(),
+        "",
+        "| tier | student | params | test acc (%) | epochs to the scratch student's final val acc | wall time (s) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        for mode in MODES:
+            runs = row[mode]
+            lines.append(
+                f"| {row['tier']} | {mode} | {runs[0]['params']:,} | {spread([r['test_acc'] for r in runs])} | "
+                f"{epochs_cell([r['epochs_to_scratch_final_val'] for r in runs])} of {len(runs[0]['val_curve'])} | "
+                f"{statistics.mean(r['seconds'] for r in runs):.0f} |"
+            )
+    first = rows[0]["scratch"][0]
+    lines += [
+        "",
+        f"Teacher: {first['teacher_params']:,} params, {100 * first['teacher_test_acc']:.2f}% test accuracy. "
+        f"Mean ± sample standard deviation over seeds {', '.join(map(str, args.seeds))}; "
+        f"{len(args.seeds) * len(args.tiers) * len(MODES)} runs in {time.perf_counter() - started:.0f} s.",
+    ]
+    save_results("derived_student", {"rows": rows}, lines)
+
+
+if __name__ == "__main__":
+    main()
