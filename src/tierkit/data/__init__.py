@@ -2,13 +2,14 @@
 
 from tierkit.data.base import ArrayDataModule, Arrays
 from tierkit.data.bundled import DigitsDataModule, MNIST5kDataModule, SyntheticDataModule
-from tierkit.data.ondisk import CIFAR10DataModule, ImageFolderDataModule, MNISTDataModule
+from tierkit.data.ondisk import CIFAR10DataModule, FashionMNISTDataModule, ImageFolderDataModule, MNISTDataModule
 
 __all__ = [
     "ArrayDataModule",
     "Arrays",
     "CIFAR10DataModule",
     "DigitsDataModule",
+    "FashionMNISTDataModule",
     "ImageFolderDataModule",
     "MNIST5kDataModule",
     "MNISTDataModule",

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from tierkit.data.base import ArrayDataModule, Arrays
+from tierkit.data.fetch import dataset_files
 from tierkit.errors import TierkitError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -59,8 +60,21 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
+def idx_split(images_path: Path, labels_path: Path) -> Arrays:
+    """One split from an IDX images file and its labels file."""
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise TierkitError(
+            f"images {images.shape} ({images_path.name}) and labels {labels.shape} ({labels_path.name}) do not pair up",
+            where=str(images_path.parent),
+            fix="use matching images and labels files",
+        )
+    tensor = torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1)
+    return Arrays(tensor, torch.from_numpy(labels.astype(np.int64)))
+
+
 class MNISTDataModule(ArrayDataModule):
-    """MNIST (or Fashion-MNIST) from the four original IDX files in ``root``."""
+    """MNIST from the four original IDX files in ``root``."""
 
     def __init__(self, root: str, **kwargs):
         super().__init__(**kwargs)
@@ -74,20 +88,57 @@ class MNISTDataModule(ArrayDataModule):
         def names(kind: str) -> list[str]:
             return [f"{prefix}-{kind}", f"{prefix}-{kind}.gz"]
 
-        images = read_idx(find_file(root, names("images-idx3-ubyte"), f"{prefix} images"))
-        labels = read_idx(find_file(root, names("labels-idx1-ubyte"), f"{prefix} labels"))
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise TierkitError(
-                f"{prefix} images {images.shape} and labels {labels.shape} do not pair up",
-                where=str(root),
-                fix="use matching images and labels files",
-            )
-        tensor = torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1)
-        return Arrays(tensor, torch.from_numpy(labels.astype(np.int64)))
+        return idx_split(
+            find_file(root, names("images-idx3-ubyte"), f"{prefix} images"),
+            find_file(root, names("labels-idx1-ubyte"), f"{prefix} labels"),
+        )
 
     def load(self) -> dict[str, Arrays]:
         root = existing_dir(self.root, "MNIST")
         return {"train": self._split(root, "train"), "test": self._split(root, "t10k")}
+
+
+# Content sha256 of the four Fashion-MNIST IDX files (decompressed), as Zalando Research published them.
+FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+
+
+class FashionMNISTDataModule(ArrayDataModule):
+    """Fashion-MNIST in full (60,000 train, 10,000 test): found on the machine, or downloaded once, and verified.
+
+    ``root`` names the folder; null looks in ``search_dirs`` (Debian's dataset-fashion-mnist package), then in
+    ``download_dir``, downloading from ``url`` what is missing.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        search_dirs: list[str] | tuple[str, ...] = (),
+        download_dir: str = "data/fashion-mnist",
+        url: str | None = None,
+        checksums: dict[str, str] | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.root, self.search_dirs, self.download_dir, self.url = root, list(search_dirs), download_dir, url
+        self.checksums = dict(checksums or FASHION_MNIST_SHA256)
+        self.found_in: Path | None = None
+
+    @property
+    def source(self) -> str:
+        return f"Fashion-MNIST IDX files in {self.found_in or self.root or self.download_dir}"
+
+    def load(self) -> dict[str, Arrays]:
+        files = dataset_files("Fashion-MNIST", self.checksums, self.root, self.search_dirs, self.download_dir, self.url)
+        self.found_in = next(iter(files.values())).parent
+        return {
+            "train": idx_split(files["train-images-idx3-ubyte"], files["train-labels-idx1-ubyte"]),
+            "test": idx_split(files["t10k-images-idx3-ubyte"], files["t10k-labels-idx1-ubyte"]),
+        }
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
