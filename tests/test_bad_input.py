@@ -59,6 +59,12 @@ CASES = [
         "cannot import 'tierkit.models.Nope'",
     ),
     Case(
+        "python train.py data.batch_size=0",
+        "train.py",
+        ("data.batch_size=0",),
+        "data.batch_size=0 is not a positive number of samples",
+    ),
+    Case(
         "python train.py student=from_teacher ~callbacks.pruning",
         "train.py",
         ("student=from_teacher", "~callbacks.pruning"),

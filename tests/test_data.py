@@ -183,3 +183,24 @@ def test_split_sizes_that_leave_nothing_are_refused():
     dm = SyntheticDataModule(input_shape=[1, 8, 8], num_classes=2, num_samples=10, test_size=10, **GREY)
     with pytest.raises(TierkitError, match="test_size"):
         dm.setup()
+
+
+class _HolesDataModule(SyntheticDataModule):
+    """Synthetic data with one NaN pixel in training image 5."""
+
+    def load(self):
+        arrays = super().load()
+        arrays["all"].images[5, 0, 0, 0] = float("nan")
+        return arrays
+
+
+def test_nan_inputs_are_named_by_split_and_index():
+    data = _HolesDataModule(input_shape=[1, 8, 8], num_classes=3, num_samples=30, **GREY)
+    with pytest.raises(TierkitError, match=r"all input 5 holds NaN or infinite values \(1 such inputs in all\)"):
+        data.setup()
+
+
+@pytest.mark.parametrize("size", [0, -4, 2.5])
+def test_batch_sizes_that_are_not_counts_are_refused(size):
+    with pytest.raises(TierkitError, match=rf"data.batch_size={size} is not a positive number"):
+        SyntheticDataModule(input_shape=[1, 8, 8], num_classes=3, batch_size=size, **GREY)

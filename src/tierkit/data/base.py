@@ -112,6 +112,13 @@ class ArrayDataModule(L.LightningDataModule):
                 where="data config",
                 fix="list one mean and one std per input channel",
             )
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise TierkitError(
+                    f"data.{name}={value!r} is not a positive number of samples",
+                    where=f"data.{name}",
+                    fix=f"set data.{name} to a whole number of at least 1 (e.g. 128)",
+                )
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.val_size, self.test_size = val_size, test_size
@@ -132,7 +139,7 @@ class ArrayDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        arrays = {name: self._checked(part) for name, part in self.load().items()}
+        arrays = {name: self._checked(part, name) for name, part in self.load().items()}
         generator = torch.Generator().manual_seed(self.split_seed)
         if "all" in arrays:
             pool = arrays["all"]
@@ -163,13 +170,21 @@ class ArrayDataModule(L.LightningDataModule):
             for name, part in parts.items()
         }
 
-    def _checked(self, arrays: Arrays) -> Arrays:
+    def _checked(self, arrays: Arrays, split: str) -> Arrays:
         shape = tuple(arrays.images.shape[1:])
         if shape != self.input_shape:
             raise TierkitError(
                 f"images have shape {list(shape)} but data.input_shape is {list(self.input_shape)}",
                 where=self.source,
                 fix="set data.input_shape to the images' (channels, height, width)",
+            )
+        finite = torch.isfinite(arrays.images.reshape(len(arrays.images), -1)).all(dim=1)
+        if not bool(finite.all()):
+            index = int((~finite).nonzero()[0])
+            raise TierkitError(
+                f"{split} input {index} holds NaN or infinite values ({int((~finite).sum())} such inputs in {split})",
+                where=self.source,
+                fix="clean or drop those samples before training",
             )
         labels = arrays.labels
         if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
