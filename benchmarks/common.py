@@ -1,8 +1,10 @@
 """What every benchmark shares: the machine it ran on, where results go, and how it runs the training recipe."""
 
+import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -62,3 +64,19 @@ def run_command(command: list[str]) -> None:
     """Run an entry point from the repository root as a user would, echoing the command first."""
     print("$", " ".join(command), flush=True)
     subprocess.run(command, cwd=Path(__file__).resolve().parents[1], check=True)
+
+
+def tiers_and_seeds(doc: str, overrides_help: str = "Hydra overrides for every run") -> argparse.Namespace:
+    """The command line of a benchmark that trains every tier on several seeds."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiers", nargs="+", default=["highend", "midrange", "lowend"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("overrides", nargs="*", help=overrides_help)
+    return parser.parse_args()
+
+
+def spread(values: list[float], scale: float = 100, digits: int = 2) -> str:
+    """Mean ± sample standard deviation (0 for one value), scaled (100: fractions shown as percent)."""
+    mean = scale * statistics.mean(values)
+    sd = scale * statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"

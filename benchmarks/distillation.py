@@ -5,13 +5,12 @@
 Writes benchmarks/results/distillation.{json,md}.
 """
 
-import argparse
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import describe, save_results, train_with
+from benchmarks.common import describe, save_results, spread, tiers_and_seeds, train_with
 from tierkit.utils.noise import silence_known_noise
 
 
@@ -21,18 +20,8 @@ def run(tier: str, seed: int, kd: bool, out: Path, extra: list[str]) -> dict:
     return train_with(overrides, out)
 
 
-def spread(values: list[float]) -> str:
-    mean = 100 * statistics.mean(values)
-    sd = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.2f} ± {sd:.2f}"
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiers", nargs="+", default=["highend", "midrange", "lowend"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
-    args = parser.parse_args()
+    args = tiers_and_seeds(__doc__)
     silence_known_noise()
     print(describe(), flush=True)
     rows, started = [], time.perf_counter()

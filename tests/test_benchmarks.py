@@ -131,4 +131,5 @@ def test_derived_student_benchmark_counts_epochs_to_a_target():
 
     assert first_epoch_reaching([0.5, 0.7, 0.9], 0.7) == 2
     assert first_epoch_reaching([0.5, 0.6], 0.7) is None
+    assert first_epoch_reaching([0.9, 0.5, 0.8], 0.7, from_epoch=2) == 3
     assert epochs_cell([2, 4, None]) == "3.0 ± 1.4 (1 of 3 never)"

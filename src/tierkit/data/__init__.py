@@ -2,6 +2,7 @@
 
 from tierkit.data.base import ArrayDataModule, Arrays
 from tierkit.data.bundled import DigitsDataModule, MNIST5kDataModule, SyntheticDataModule
+from tierkit.data.foreign import ForeignDataModule
 from tierkit.data.ondisk import CIFAR10DataModule, FashionMNISTDataModule, ImageFolderDataModule, MNISTDataModule
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "CIFAR10DataModule",
     "DigitsDataModule",
     "FashionMNISTDataModule",
+    "ForeignDataModule",
     "ImageFolderDataModule",
     "MNIST5kDataModule",
     "MNISTDataModule",

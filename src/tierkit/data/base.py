@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from tierkit.data.augment import BatchAugment
 from tierkit.data.shift import DeviceShift
 from tierkit.errors import TierkitError
 from tierkit.utils.resume import interrupted_epoch
@@ -101,6 +102,7 @@ class ArrayDataModule(L.LightningDataModule):
         split_seed: int = 0,
         num_workers: int = 0,
         shift: Mapping | None = None,
+        augment: Mapping | None = None,
     ):
         super().__init__()
         self.input_shape = tuple(int(d) for d in input_shape)
@@ -125,11 +127,26 @@ class ArrayDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.split_seed, self.num_workers = split_seed, num_workers
         self.shift = DeviceShift.from_config(shift) if shift else None
+        self.augment = BatchAugment.from_config(augment)
+        self.augment.check_shape(self.input_shape)
         self.splits: dict[str, IndexedTensorDataset] = {}
         self.resume: tuple[int, int] | None = None
 
     def load(self) -> dict[str, Arrays]:
         raise NotImplementedError
+
+    @property
+    def augments(self) -> bool:
+        """Whether training batches are augmented (so a teacher must see each batch, not cached logits)."""
+        return self.augment.active
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Augment training batches where they now are, on the device the model trains on."""
+        trainer = self.trainer
+        if not self.augment.active or trainer is None or not trainer.training:
+            return batch
+        images, *rest = batch
+        return (self.augment(images), *rest)
 
     @property
     def source(self) -> str:

@@ -1,5 +1,6 @@
 """DistillationModule: the LightningModule that trains a student, with or without a frozen teacher."""
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,8 @@ from tierkit.models.checkpoint import CHECKPOINT_FORMAT
 from tierkit.models.qat import prepare_qat, qat_settings
 from tierkit.models.structure import apply_structure, describe_structure
 from tierkit.utils.resume import restart_epoch_at_its_start
+
+log = logging.getLogger(__name__)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -102,6 +105,9 @@ class DistillationModule(L.LightningModule):
         """Run the frozen teacher over the (un-augmented) training split once instead of every epoch."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if not (self.distilling and self.cache_teacher_logits and hasattr(datamodule, "ordered_train_dataloader")):
+            return
+        if getattr(datamodule, "augments", False):
+            log.info("Training batches are augmented: the teacher runs on each one (cached logits would be stale)")
             return
         teacher = self.teacher
         with torch.no_grad():

@@ -3,13 +3,13 @@
 import tempfile
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
 
-from tierkit.data.base import ArrayDataModule
 from tierkit.errors import TierkitError
 
 
@@ -21,19 +21,18 @@ def max_output_difference(model: nn.Module, session: ort.InferenceSession, input
     return float(np.abs(actual - expected).max())
 
 
-def onnx_accuracy(
-    session: ort.InferenceSession, datamodule: ArrayDataModule, split: str = "test", batch_size: int = 1000
-) -> float:
-    """Accuracy of the ONNX model on one of the datamodule's splits, run in ONNX Runtime."""
+def onnx_accuracy(session: ort.InferenceSession, datamodule: L.LightningDataModule, split: str = "test") -> float:
+    """Accuracy of the ONNX model on the datamodule's ``val`` or ``test`` split, run in ONNX Runtime."""
     datamodule.setup()
-    test = datamodule.splits[split]
+    loader = {"val": datamodule.val_dataloader, "test": datamodule.test_dataloader}[split]()
     name = session.get_inputs()[0].name
-    correct = 0
-    for start in range(0, len(test), batch_size):
-        images = test.images[start : start + batch_size].numpy()
-        logits = session.run(None, {name: images})[0]
-        correct += int((logits.argmax(1) == test.labels[start : start + batch_size].numpy()).sum())
-    return correct / len(test)
+    correct = total = 0
+    for batch in loader:
+        inputs, labels = batch[0], batch[1]
+        logits = session.run(None, {name: inputs.numpy()})[0]
+        correct += int((logits.argmax(1) == labels.numpy()).sum())
+        total += len(labels)
+    return correct / total
 
 
 # ONNX Runtime fuses a float Conv/Gemm/MatMul with its activation into these contrib ops: still float compute.

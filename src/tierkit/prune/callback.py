@@ -132,9 +132,10 @@ class StructuredPruning(Callback):
                 tp.DependencyGraph().build_dependency(student, example_inputs=example)
         except Exception as exc:
             raise TierkitError(
-                f"torch-pruning cannot trace {type(student).__name__}: {exc}",
+                f"torch-pruning cannot trace {type(student).__name__}: {type(exc).__name__}: {exc}",
                 where="model.student",
-                fix="use a model without data-dependent control flow, or drop pruning with ~callbacks.pruning",
+                fix="keep the modules it cannot handle out of pruning (callbacks.pruning.ignore=['block3.*'], globs "
+                "over module names), or drop pruning with ~callbacks.pruning",
             ) from exc
 
     def _student_and_example(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[nn.Module, torch.Tensor]:

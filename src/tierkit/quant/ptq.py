@@ -8,8 +8,10 @@ import hashlib
 import tempfile
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import onnx
+import torch
 from onnxconverter_common import float16
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -26,17 +28,36 @@ CALIBRATION_METHODS = {
 }
 
 
-def calibration_samples(datamodule: ArrayDataModule, num_samples: int, batch_size: int, seed: int = 0) -> np.ndarray:
-    """A seeded random subset of the training split (never the test split) for calibration."""
+def calibration_samples(
+    datamodule: L.LightningDataModule, num_samples: int, batch_size: int, seed: int = 0
+) -> np.ndarray:
+    """A seeded random subset of the training split (never the test split) for calibration.
+
+    tierkit's own data modules draw it by index; another LightningDataModule gives the first ``num_samples`` of
+    its training loader, shuffled under ``seed``.
+    """
     datamodule.setup()
-    train = datamodule.splits["train"]
-    if num_samples < batch_size or len(train) < batch_size:
+    if isinstance(datamodule, ArrayDataModule):
+        train = datamodule.splits["train"]
+        available = len(train)
+    else:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            taken, available = [], 0
+            for batch in datamodule.train_dataloader():
+                taken.append(batch[0])
+                available += len(batch[0])
+                if available >= num_samples:
+                    break
+    if num_samples < batch_size or available < batch_size:
         raise TierkitError(
             f"calibration needs at least one batch of {batch_size} samples; asked for {num_samples}, "
-            f"the training split has {len(train)}",
+            f"the training split has {available}",
             where="calibration.samples",
             fix="raise calibration.samples (e.g. 512) or lower calibration.batch_size",
         )
+    if not isinstance(datamodule, ArrayDataModule):
+        return torch.cat(taken)[:num_samples].numpy()
     count = min(num_samples, len(train))
     index = np.random.default_rng(seed).choice(len(train), size=count, replace=False)
     return train.images[np.sort(index)].numpy()

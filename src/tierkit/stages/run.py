@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from tierkit.models.build import derives_from_teacher, model_name
 from tierkit.models.checkpoint import record_int8_path
@@ -30,6 +30,9 @@ def run_recipe(cfg: DictConfig, ckpt_path: str | None, saved: dict[str, Any], st
     """
     datamodule: L.LightningDataModule = instantiate(cfg.data, where="data")
     datamodule.setup()
+    with open_dict(cfg):  # recorded in checkpoints, so export rebuilds the model for this data
+        cfg.data.input_shape = list(datamodule.input_shape)
+        cfg.data.num_classes = int(datamodule.num_classes)
 
     teacher, teacher_info = None, {}
     if cfg.distill.alpha > 0 or derives_from_teacher(cfg):
