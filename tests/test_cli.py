@@ -226,6 +226,25 @@ def test_export_refuses_to_write_over_an_earlier_export(exported, finished_run):
     assert (out / "manifest.json").read_bytes() == before
 
 
+@pytest.mark.slow
+def test_export_profiles_under_a_hardware_config_of_your_own(finished_run, tmp_path):
+    """A hardware config in a --config-dir is composed by Hydra like the shipped ones."""
+    root, run, _ = finished_run
+    own = tmp_path / "myconf" / "hardware"
+    own.mkdir(parents=True)
+    (own / "pixel_big_core.yaml").write_text(
+        "name: pixel_big_core\nexecution_providers: [CPUExecutionProvider]\nintra_op_num_threads: 1\n"
+        "inter_op_num_threads: 1\ngraph_optimization_level: ORT_ENABLE_BASIC\n"
+    )
+    out = tmp_path / "exports"
+    hardware = "profiling.hardware=[cpu_2thread,pixel_big_core]"
+    args = ["--config-dir", str(tmp_path / "myconf"), f"run={run}", f"output_dir={out}", hardware, *EXPORT_FAST]
+    result = run_cli(root, *args, "profiling.graph_optimization_levels=null", script="export.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((out / "manifest.json").read_text())["teacher"]["latency"]
+    assert {(r["hardware"], r["graph_optimization_level"]) for r in rows} >= {("pixel_big_core", "ORT_ENABLE_BASIC")}
+
+
 def test_export_of_a_missing_run_fails_clearly(tmp_path):
     result = run_cli(tmp_path, "run=/no/such/run", script="export.py")
     assert result.returncode == 2

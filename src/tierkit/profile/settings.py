@@ -4,7 +4,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
-from omegaconf import OmegaConf
+from hydra import compose
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
 
 from tierkit.errors import TierkitError
 
@@ -35,6 +37,27 @@ class HardwareSetting:
         }
 
 
+def hardware_configs(names: list[str], hardware_dir: Path) -> dict[str, DictConfig]:
+    """The named hardware configs. Inside a Hydra app (export.py) they are composed from the config search path,
+    so a hardware config in your --config-dir works like the shipped ones; elsewhere they come from
+    ``hardware_dir``."""
+    hydra = GlobalHydra.instance()
+    if hydra.is_initialized():
+        known = sorted(hydra.config_loader().get_group_options("hardware"))
+    else:
+        known = sorted(p.stem for p in hardware_dir.glob("*.yaml"))
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise TierkitError(
+            f"unknown hardware config(s) {unknown}" if unknown else "profiling.hardware is empty",
+            where="profiling.hardware",
+            fix=f"list one or more of {known}, or add your own hardware/<name>.yaml to a --config-dir",
+        )
+    if hydra.is_initialized():
+        return {name: compose(config_name=f"hardware/{name}").hardware for name in names}
+    return {name: OmegaConf.load(hardware_dir / f"{name}.yaml") for name in names}
+
+
 def load_settings(
     hardware_dir: Path, names: list[str], levels: list[str] | None
 ) -> tuple[list[HardwareSetting], list[str]]:
@@ -42,14 +65,7 @@ def load_settings(
 
     Configs whose execution provider this onnxruntime build lacks are skipped; the second value says which and why.
     """
-    known = sorted(p.stem for p in hardware_dir.glob("*.yaml"))
-    unknown = [name for name in names if name not in known]
-    if unknown or not names:
-        raise TierkitError(
-            f"unknown hardware config(s) {unknown}" if unknown else "profiling.hardware is empty",
-            where="profiling.hardware",
-            fix=f"list one or more of {known}",
-        )
+    configs = hardware_configs(names, hardware_dir)
     bad_levels = [level for level in levels or [] if level not in LEVELS]
     if bad_levels:
         raise TierkitError(
@@ -60,7 +76,7 @@ def load_settings(
     available = ort.get_available_providers()
     settings, skipped = [], []
     for name in names:
-        config = OmegaConf.load(hardware_dir / f"{name}.yaml")
+        config = configs[name]
         providers = list(config.execution_providers or available)
         missing = [p for p in providers if p not in available]
         if missing:
