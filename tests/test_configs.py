@@ -171,3 +171,22 @@ def test_a_tier_saved_before_the_rename_gets_the_new_key(tmp_path):
     apply_renamed_keys(cfg)
     assert cfg.tier.budgets.max_drop_vs_teacher == 0.04 and cfg.quantization.max_drop_vs_fp32 == 0.04
     assert tier_budgets(cfg.tier) == {"max_drop_vs_teacher": 0.04, "max_size_kib": 256, "max_latency_ms": 0.3}
+
+
+def test_one_optimizer_group_serves_student_teacher_qat_and_finetune(tmp_path):
+    cfg = compose_train(tmp_path)
+    recipes = [cfg.optimizer, cfg.teacher.optimizer, cfg.quantization.qat.optimizer, cfg.finetune.optimizer]
+    assert {r._target_ for r in recipes} == {"torch.optim.AdamW"}
+    assert [r.lr for r in recipes] == [0.003, 0.003, 0.0005, 0.001], "each recipe keeps its own learning rate"
+    sgd = compose_train(tmp_path, "optimizer=sgd")
+    assert sgd.optimizer._target_ == "torch.optim.SGD" and sgd.teacher.optimizer == cfg.teacher.optimizer
+    teacher_sgd = compose_train(tmp_path, "optimizer@teacher.optimizer=sgd")
+    assert teacher_sgd.teacher.optimizer.momentum == 0.9 and teacher_sgd.optimizer == cfg.optimizer
+
+
+def test_one_qat_schedule_serves_the_qat_stage_and_qat_in_the_fit(tmp_path):
+    stage = compose_train(tmp_path).quantization.qat.callback
+    in_fit = compose_train(tmp_path, "callbacks=qat").callbacks.qat
+    assert stage._target_ == in_fit._target_ == "tierkit.quant.QuantizationAwareTraining"
+    assert (stage.start_epoch, in_fit.start_epoch) == (0, 10)
+    assert {k: v for k, v in stage.items() if "epoch" not in k} == {k: v for k, v in in_fit.items() if "epoch" not in k}
