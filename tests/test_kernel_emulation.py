@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tierkit.models import MLP, SmallCNN
+from tierkit.models import MLP, SmallCNN, SmallCNN1d
 from tierkit.models.qat import prepare_qat, set_qat_stage
 from tierkit.onnxio import export_onnx
 from tierkit.profile import ort_session
@@ -176,3 +176,19 @@ def test_cpu_flags_can_be_given_for_a_cpu_that_proc_cpuinfo_does_not_describe(mo
     monkeypatch.setenv("TIERKIT_CPU_FLAGS", "sse4_2 avx avx2")
     assert cpu_class() == X86_NO_VNNI and needs_reduced_range()
     assert detect_device().cpu_flags == ["avx", "avx2", "sse4_2"]
+
+
+@pytest.mark.parametrize("reduce_range", [False, True], ids=["8bit", "7bit"])
+def test_one_dimensional_convolutions_and_pools_are_emulated_as_onnxruntime_computes_them(tmp_path, reduce_range):
+    shape = (1, 40)
+    torch.manual_seed(0)
+    fp32 = export_onnx(SmallCNN1d(shape, 10, width=0.5).eval(), tmp_path / "fp32.onnx", shape)
+    ptq = quantize_int8(fp32, tmp_path / "ptq.onnx", torch.randn(64, *shape).numpy(), reduce_range=reduce_range)
+    x = 3 * torch.randn(32, *shape).numpy()
+    here = ort_session(ptq).run(None, {"input": x})[0]
+    if cpu_class() is not None:
+        emulated = EmulatedSession(ptq, cpu_class()).run(None, {"input": x})[0]
+        np.testing.assert_allclose(emulated, here, atol=0.05 * np.abs(here).max())
+    if reduce_range:
+        same = [EmulatedSession(ptq, c).run(None, {"input": x})[0] for c in (X86_VNNI, X86_NO_VNNI)]
+        np.testing.assert_array_equal(*same)

@@ -93,8 +93,8 @@ class ArrayDataModule(L.LightningDataModule):
         self,
         input_shape: Sequence[int],
         num_classes: int,
-        mean: Sequence[float],
-        std: Sequence[float],
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
         val_size: float = 0.1,
         test_size: float = 0.2,
         batch_size: int = 128,
@@ -108,11 +108,14 @@ class ArrayDataModule(L.LightningDataModule):
         self.input_shape = tuple(int(d) for d in input_shape)
         self.num_classes = int(num_classes)
         channels = self.input_shape[0]
-        if len(mean) != channels or len(std) != channels:
+        mean, std = ([0.0] * channels, [1.0] * channels) if mean is None and std is None else (mean, std)
+        if mean is None or std is None or len(mean) != channels or len(std) != channels:
+            counts = [None if v is None else len(v) for v in (mean, std)]
             raise TierkitError(
-                f"data.mean and data.std need one value per channel ({channels}), got {len(mean)} and {len(std)}",
+                f"data.mean and data.std need one value per channel ({channels}), got {counts[0]} and {counts[1]}",
                 where="data config",
-                fix="list one mean and one std per input channel",
+                fix="list one mean and one std per input channel (per feature for a table), or null for both to "
+                "leave the inputs as they are",
             )
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -121,8 +124,10 @@ class ArrayDataModule(L.LightningDataModule):
                     where=f"data.{name}",
                     fix=f"set data.{name} to a whole number of at least 1 (e.g. 128)",
                 )
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        # One value per entry of the first axis: image channels, sequence channels, or a table's features.
+        broadcast = (-1, *[1] * (len(self.input_shape) - 1))
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(broadcast)
+        self.std = torch.tensor(std, dtype=torch.float32).view(broadcast)
         self.val_size, self.test_size = val_size, test_size
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.split_seed, self.num_workers = split_seed, num_workers

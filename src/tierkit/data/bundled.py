@@ -27,6 +27,28 @@ class DigitsDataModule(ArrayDataModule):
         return {"all": Arrays(images, torch.from_numpy(digits.target))}
 
 
+class MNIST1DDataModule(ArrayDataModule):
+    """MNIST-1D (Greydanus, 2020): ten 1-D digit templates, padded, shifted, scaled, sheared and noised into
+    length-40 sequences. Generated here with the mnist1d package's own generator (never its download); its
+    defaults give the paper's 4,000 training and 1,000 test sequences."""
+
+    def __init__(self, num_samples: int = 5000, generator_seed: int = 42, train_split: float = 0.8, **kwargs):
+        super().__init__(**kwargs)
+        self.num_samples, self.generator_seed, self.train_split = num_samples, generator_seed, train_split
+
+    def load(self) -> dict[str, Arrays]:
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.num_samples, args.seed, args.train_split = self.num_samples, self.generator_seed, self.train_split
+        data = make_dataset(args)
+
+        def split(x, y) -> Arrays:
+            return Arrays(torch.from_numpy(x).float().unsqueeze(1), torch.from_numpy(y).long())
+
+        return {"train": split(data["x"], data["y"]), "test": split(data["x_test"], data["y_test"])}
+
+
 class SyntheticDataModule(ArrayDataModule):
     """Noisy copies of one random prototype per class: learnable in a few steps, any shape, for tests."""
 

@@ -29,11 +29,11 @@ IMPORTANCES = {
     "bn_scale": lambda: tp.importance.BNScaleImportance(),
     "taylor": lambda: tp.importance.GroupTaylorImportance(),
 }
-PRUNABLE = (nn.Conv2d, nn.Linear)
+PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
 def output_width(module: nn.Module) -> int:
-    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
 
 
 @contextmanager

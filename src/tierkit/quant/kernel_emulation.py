@@ -128,6 +128,22 @@ class IntegerConv(OpRun):
         kernel_shape=None,
         saturate=0,
     ):
+        if wq.ndim == 3:  # a 1-D convolution is the 2-D one on a height-1 input (ONNX Runtime computes it so)
+            (y,) = self._run(
+                xq[:, :, None],
+                x_scale,
+                x_zero,
+                wq[:, :, None],
+                w_scale,
+                bias,
+                group,
+                [0, pads[0], 0, pads[1]] if pads else None,
+                [1, *strides] if strides else None,
+                [1, *dilations] if dilations else None,
+                None,
+                saturate,
+            )
+            return (y[:, :, 0],)
         out_channels, group_channels, kh, kw = wq.shape
         pads = pads or [0, 0, 0, 0]
         strides, dilations = strides or [1, 1], dilations or [1, 1]
@@ -188,8 +204,20 @@ class MaxPool(OpRun):
         storage_order=0,
         strides=None,
     ):
+        if x.ndim == 3:  # 1-D windows as 2-D ones of height 1
+            (y,) = self._run(
+                x[:, :, None],
+                auto_pad,
+                ceil_mode,
+                dilations and [1, *dilations],
+                [1, *kernel_shape],
+                pads and [0, pads[0], 0, pads[1]],
+                storage_order,
+                strides and [1, *strides],
+            )
+            return (y[:, :, 0],)
         if (auto_pad not in (None, "NOTSET")) or (dilations and set(dilations) != {1}) or x.ndim != 4:
-            raise NotImplementedError("emulated MaxPool handles 2-D windows with explicit pads only")
+            raise NotImplementedError("emulated MaxPool handles 1-D and 2-D windows with explicit pads only")
         kernel, strides = list(kernel_shape), list(strides or [1, 1])
         pads = list(pads or [0, 0, 0, 0])
         for axis in range(2):  # ceil_mode: one more window where the last one would run past the edge
