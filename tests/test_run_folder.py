@@ -73,6 +73,11 @@ def test_a_newer_schema_or_broken_json_is_refused_with_a_clear_message(tmp_path)
     folder.metrics_file.write_text("{not json")
     with pytest.raises(TierkitError, match="is not valid JSON"):
         folder.read_metrics()
+    data = _metrics(folder).to_dict()
+    data["student"]["favourite_colour"] = "blue"
+    folder.metrics_file.write_text(json.dumps(data))
+    with pytest.raises(TierkitError, match=r"does not match metrics schema 2.*favourite_colour"):
+        folder.read_metrics()
 
 
 def test_run_folder_paths_and_resumable_checkpoints(tmp_path):

@@ -140,12 +140,19 @@ class RunMetrics:
                 fix="read it with the tierkit release that wrote it, or upgrade tierkit",
             )
         data = {**data, "schema_version": SCHEMA_VERSION}
-        for key, kind in (("student", ModelSummary), ("teacher", ModelSummary), ("finetune", FinetuneReport)):
-            if data.get(key) is not None:
-                data[key] = kind(**data[key])
-        if data.get("quantization") is not None:
-            data["quantization"] = QuantizationReport.from_dict(data["quantization"])
-        return cls(**data)
+        try:
+            for key, kind in (("student", ModelSummary), ("teacher", ModelSummary), ("finetune", FinetuneReport)):
+                if data.get(key) is not None:
+                    data[key] = kind(**data[key])
+            if data.get("quantization") is not None:
+                data["quantization"] = QuantizationReport.from_dict(data["quantization"])
+            return cls(**data)
+        except TypeError as exc:  # a field this schema lacks, or one it needs missing
+            raise TierkitError(
+                f"{where} does not match metrics schema {SCHEMA_VERSION} ({exc})",
+                where=where,
+                fix="it was edited by hand or written by another tool: re-run the run, or restore the file",
+            ) from exc
 
 
 @dataclass(frozen=True)
