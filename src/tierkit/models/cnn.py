@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from tierkit.models.common import conv_bn_relu, scaled_channels
+from tierkit.models.common import conv_bn_relu, vgg_stages
 
 
 class SmallCNN(nn.Module):
@@ -24,14 +24,9 @@ class SmallCNN(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        layers: list[nn.Module] = []
-        c_in = input_shape[0]
-        for stage in range(3):
-            c_out = scaled_channels(base_channels * 2**stage, width)
-            if stage:
-                layers.append(nn.MaxPool2d(2, ceil_mode=True))
-            layers += [conv_bn_relu(c_in, c_out), conv_bn_relu(c_out, c_out)]
-            c_in = c_out
+        layers, c_in = vgg_stages(
+            input_shape[0], base_channels, width, conv_bn_relu, lambda: nn.MaxPool2d(2, ceil_mode=True)
+        )
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(c_in, num_classes)

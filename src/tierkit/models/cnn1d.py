@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from tierkit.models.common import scaled_channels
+from tierkit.models.common import vgg_stages
 
 
 def conv1d_bn_relu(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
@@ -27,14 +27,13 @@ class SmallCNN1d(nn.Module):
         kernel: int = 5,
     ):
         super().__init__()
-        layers: list[nn.Module] = []
-        c_in = input_shape[0]
-        for stage in range(3):
-            c_out = scaled_channels(base_channels * 2**stage, width)
-            if stage:
-                layers.append(nn.MaxPool1d(2, ceil_mode=True))
-            layers += [conv1d_bn_relu(c_in, c_out, kernel), conv1d_bn_relu(c_out, c_out, kernel)]
-            c_in = c_out
+        layers, c_in = vgg_stages(
+            input_shape[0],
+            base_channels,
+            width,
+            lambda c, out: conv1d_bn_relu(c, out, kernel),
+            lambda: nn.MaxPool1d(2, ceil_mode=True),
+        )
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool1d(1), nn.Flatten())
         self.classifier = nn.Linear(c_in, num_classes)
 

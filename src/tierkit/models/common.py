@@ -1,5 +1,7 @@
 """Shared building blocks for the model zoo."""
 
+from collections.abc import Callable
+
 from torch import nn
 
 
@@ -14,3 +16,18 @@ def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups
         nn.BatchNorm2d(c_out),
         nn.ReLU(inplace=True),
     )
+
+
+def vgg_stages(
+    c_in: int, base_channels: int, width: float, block: Callable[[int, int], nn.Module], pool: Callable[[], nn.Module]
+) -> tuple[list[nn.Module], int]:
+    """Three stages of two ``block``s (channels c, 2c, 4c, scaled by ``width``) with a ``pool`` between stages;
+    returns the layers and the last stage's channel count."""
+    layers: list[nn.Module] = []
+    for stage in range(3):
+        c_out = scaled_channels(base_channels * 2**stage, width)
+        if stage:
+            layers.append(pool())
+        layers += [block(c_in, c_out), block(c_out, c_out)]
+        c_in = c_out
+    return layers, c_in
