@@ -35,7 +35,8 @@ def test_data_options_instantiate(tmp_path, option):
 @pytest.mark.parametrize("option", options("model"))
 @pytest.mark.parametrize("tier", options("tier"))
 def test_model_options_build_teacher_larger_than_student(tmp_path, option, tier):
-    cfg = compose_train(tmp_path, f"model={option}", f"tier={tier}")
+    data = ["data=mnist1d"] if option == "cnn1d" else []  # the 1-D CNN takes sequences
+    cfg = compose_train(tmp_path, f"model={option}", f"tier={tier}", *data)
     shape, classes = cfg.data.input_shape, cfg.data.num_classes
     teacher = build_model(cfg.model.teacher, shape, classes, where="model.teacher")
     student = build_student(cfg)

@@ -6,6 +6,8 @@ from hydra import compose, initialize_config_dir
 
 from tierkit.cli.train import train
 from tierkit.data import MNIST1DDataModule, SyntheticDataModule
+from tierkit.errors import TierkitError
+from tierkit.models import SmallCNN, SmallCNN1d
 from tierkit.stages.export import export
 
 from conftest import CONFIG_DIR, QUICK_PROFILE, compose_train
@@ -59,3 +61,11 @@ def test_non_image_inputs_train_quantize_and_export(tmp_path, kind):
     shape = [1, 40] if kind == "sequence" else [30]
     assert manifest["input"]["shape"] == shape
     assert all(v["checks"]["accuracy"] is not None for v in manifest["variants"])
+
+
+def test_an_image_cnn_on_sequences_says_which_model_to_use():
+    with pytest.raises(TierkitError, match=r"SmallCNN takes images .* shape \[1, 40\]") as err:
+        SmallCNN((1, 40), 10)
+    assert "model=cnn1d" in err.value.render()
+    with pytest.raises(TierkitError, match="SmallCNN1d takes sequences"):
+        SmallCNN1d((1, 28, 28), 10)
