@@ -5,12 +5,13 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from own_models import Payload, SeparableNet, TinyConvNet
+from own_models import FixedFlatten, Payload, SeparableNet, TinyConvNet
 from safetensors.torch import save_file
 
 from tierkit.cli.train import train
@@ -350,3 +351,14 @@ def test_derived_students_meet_each_tier_size_and_export_to_integer_kernels(tmp_
         manifest = export(compose("export", overrides=[*overrides, hardware]))
     int8 = [v for v in manifest["variants"] if v["precision"] == "int8"]
     assert len(int8) == 2 and all(v["float_compute_ops"] == [] for v in int8), [v["float_compute_ops"] for v in int8]
+
+
+def test_a_model_pruning_would_break_is_refused_before_training_with_a_way_out():
+    model = FixedFlatten(1, CLASSES)
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(input_shape=SHAPE))
+    module = SimpleNamespace(student=model, num_classes=CLASSES, device=torch.device("cpu"))
+    with pytest.raises(TierkitError, match=r"after pruning, FixedFlatten no longer runs \(shape .* is invalid") as err:
+        StructuredPruning(target=0.5, round_to=1).setup(trainer, module, "fit")
+    assert "callbacks.pruning.ignore" in err.value.render()
+    assert model.conv.out_channels == 16, "the trial prunes a copy"
+    StructuredPruning(target=0.5, round_to=1, ignore=["conv"]).setup(trainer, module, "fit")

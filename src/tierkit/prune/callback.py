@@ -1,5 +1,6 @@
 """StructuredPruning: a Lightning callback that removes whole channels and neurons in gradual steps."""
 
+import copy
 import fnmatch
 import logging
 from collections.abc import Iterator
@@ -137,6 +138,9 @@ class StructuredPruning(Callback):
                 fix="keep the modules it cannot handle out of pruning (callbacks.pruning.ignore=['block3.*'], globs "
                 "over module names), or drop pruning with ~callbacks.pruning",
             ) from exc
+        # A trial run to the final ratio on a copy, so a model that pruning breaks fails now, not epochs later.
+        trial = StructuredPruning(self.target, 0, 0, 1, "oneshot", "l2", self.round_to, self.ignore)
+        trial.prune_to(copy.deepcopy(student), example, self.target, pl_module.num_classes)
 
     def _student_and_example(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[nn.Module, torch.Tensor]:
         shape = trainer.datamodule.input_shape
@@ -172,6 +176,19 @@ class StructuredPruning(Callback):
                 ignored_layers=protected,
             )
             pruner.step()
+            student.eval()
+            try:
+                with torch.no_grad():
+                    student(example)
+            except RuntimeError as exc:
+                raise TierkitError(
+                    f"after pruning, {type(student).__name__} no longer runs ({str(exc).splitlines()[0]}): "
+                    "torch-pruning could not follow every dependency between its layers, as happens when data "
+                    "leaves autograd (.numpy(), .item(), Python loops over values) or goes through custom ops",
+                    where="callbacks.pruning",
+                    fix="keep the layers around that code out of pruning (callbacks.pruning.ignore=['name.*'], globs "
+                    "over module names), or drop pruning with ~callbacks.pruning",
+                ) from exc
 
     def _remember_widths(self, student: nn.Module) -> None:
         if not self.original_widths:
