@@ -13,7 +13,6 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from tierkit.data.base import ArrayDataModule
 from tierkit.errors import TierkitError
 from tierkit.models.checkpoint import load_student
 from tierkit.models.qat import is_prepared
@@ -33,7 +32,7 @@ from tierkit.utils.instantiate import instantiate, instantiate_callbacks
 log = logging.getLogger(__name__)
 
 
-def onnx_scores(path: Path, datamodule: ArrayDataModule, reference: OnnxScores | None = None) -> OnnxScores:
+def onnx_scores(path: Path, datamodule: L.LightningDataModule, reference: OnnxScores | None = None) -> OnnxScores:
     """A file's accuracy on validation and test; with a ``reference``, its validation drop against it."""
     session = ort_session(path)
     scores = OnnxScores(
@@ -64,7 +63,7 @@ def check_qat_schedule(config: DictConfig) -> None:
 
 def run_qat(
     cfg: DictConfig,
-    datamodule: ArrayDataModule,
+    datamodule: L.LightningDataModule,
     teacher: nn.Module | None,
     fp32_checkpoint: Path,
     loggers: Sequence[Logger],
@@ -105,7 +104,7 @@ def run_qat(
 
 def quantize_student(
     cfg: DictConfig,
-    datamodule: ArrayDataModule,
+    datamodule: L.LightningDataModule,
     teacher: nn.Module | None,
     fp32_checkpoint: Path,
     loggers: Sequence[Logger] = (),
