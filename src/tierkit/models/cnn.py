@@ -5,8 +5,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from tierkit.errors import TierkitError
-from tierkit.models.common import conv_bn_relu, vgg_stages
+from tierkit.models.common import conv_bn_relu, require_rank, vgg_stages
 
 
 class SmallCNN(nn.Module):
@@ -25,12 +24,7 @@ class SmallCNN(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        if len(input_shape) != 3:
-            raise TierkitError(
-                f"SmallCNN takes images (channels, height, width); the data gives inputs of shape {list(input_shape)}",
-                where="model",
-                fix="use model=cnn1d for sequences (channels, length) or model=mlp for tables",
-            )
+        require_rank("SmallCNN", input_shape, 3)
         layers, c_in = vgg_stages(
             input_shape[0], base_channels, width, conv_bn_relu, lambda: nn.MaxPool2d(2, ceil_mode=True)
         )

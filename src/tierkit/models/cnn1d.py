@@ -5,8 +5,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from tierkit.errors import TierkitError
-from tierkit.models.common import vgg_stages
+from tierkit.models.common import require_rank, vgg_stages
 
 
 def conv1d_bn_relu(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
@@ -28,12 +27,7 @@ class SmallCNN1d(nn.Module):
         kernel: int = 5,
     ):
         super().__init__()
-        if len(input_shape) != 2:
-            raise TierkitError(
-                f"SmallCNN1d takes sequences (channels, length); the data gives inputs of shape {list(input_shape)}",
-                where="model",
-                fix="use model=cnn for images (channels, height, width) or model=mlp for tables",
-            )
+        require_rank("SmallCNN1d", input_shape, 2)
         layers, c_in = vgg_stages(
             input_shape[0],
             base_channels,

@@ -1,8 +1,10 @@
 """Shared building blocks for the model zoo."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from torch import nn
+
+from tierkit.errors import TierkitError
 
 
 def scaled_channels(base: int, width: float, divisor: int = 4) -> int:
@@ -31,3 +33,24 @@ def vgg_stages(
         layers += [block(c_in, c_out), block(c_out, c_out)]
         c_in = c_out
     return layers, c_in
+
+
+# What each input rank is, and the zoo model that takes it.
+INPUT_KINDS = {
+    1: ("tables (features,)", "mlp"),
+    2: ("sequences (channels, length)", "cnn1d"),
+    3: ("images (channels, height, width)", "cnn"),
+}
+
+
+def require_rank(model: str, input_shape: Sequence[int], rank: int) -> None:
+    """Refuse data of another rank than ``model`` takes, naming the zoo model that suits the data."""
+    if len(input_shape) == rank:
+        return
+    kind, _ = INPUT_KINDS[rank]
+    _, suited = INPUT_KINDS.get(len(input_shape), ("", "mlp"))
+    raise TierkitError(
+        f"{model} takes {kind}; the data gives inputs of shape {list(input_shape)}",
+        where="model",
+        fix=f"use model={suited} for this data (or your own model)",
+    )
