@@ -242,8 +242,10 @@ def int8_files(
         qat_bits = REDUCED_WEIGHT_BITS if qat_settings_used["reduce_range"] else 8
     per_channel = bool(run.config.quantization.per_channel if cfg.per_channel is None else cfg.per_channel)
     calibration = export_calibration(cfg.calibration, run.config.quantization.calibration)
-    samples = calibration_samples(datamodule, calibration.samples, calibration.batch_size, calibration.seed)
-    recorded_calibration = {**calibration, "sha256": samples_digest(samples)}
+    samples, recorded_calibration = None, None
+    if any(bits != qat_bits for bits in cfg.int8_weight_bits):  # some range comes from post-training INT8
+        samples = calibration_samples(datamodule, calibration.samples, calibration.batch_size, calibration.seed)
+        recorded_calibration = {**calibration, "sha256": samples_digest(samples)}
     shape = tuple(run.config.data.input_shape)
     paths = {}
     for bits in cfg.int8_weight_bits:

@@ -39,16 +39,22 @@ def calibration_samples(
     datamodule.setup()
     if isinstance(datamodule, ArrayDataModule):
         train = datamodule.splits["train"]
-        available = len(train)
-    else:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            taken, available = [], 0
-            for batch in datamodule.train_dataloader():
-                taken.append(batch[0])
-                available += len(batch[0])
-                if available >= num_samples:
-                    break
+        _require_a_batch(num_samples, batch_size, len(train))
+        index = np.random.default_rng(seed).choice(len(train), size=min(num_samples, len(train)), replace=False)
+        return train.images[np.sort(index)].numpy()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        taken, available = [], 0
+        for batch in datamodule.train_dataloader():
+            taken.append(batch[0])
+            available += len(batch[0])
+            if available >= num_samples:
+                break
+    _require_a_batch(num_samples, batch_size, available)
+    return torch.cat(taken)[:num_samples].numpy()
+
+
+def _require_a_batch(num_samples: int, batch_size: int, available: int) -> None:
     if num_samples < batch_size or available < batch_size:
         raise TierkitError(
             f"calibration needs at least one batch of {batch_size} samples; asked for {num_samples}, "
@@ -56,11 +62,6 @@ def calibration_samples(
             where="calibration.samples",
             fix="raise calibration.samples (e.g. 512) or lower calibration.batch_size",
         )
-    if not isinstance(datamodule, ArrayDataModule):
-        return torch.cat(taken)[:num_samples].numpy()
-    count = min(num_samples, len(train))
-    index = np.random.default_rng(seed).choice(len(train), size=count, replace=False)
-    return train.images[np.sort(index)].numpy()
 
 
 class CalibrationBatches(CalibrationDataReader):
