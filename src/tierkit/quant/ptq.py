@@ -6,6 +6,7 @@ QDQ format, per-channel signed weights, unsigned activations.
 
 import hashlib
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -81,6 +82,82 @@ def samples_digest(samples: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(samples).tobytes()).hexdigest()
 
 
+# ONNX ops with weights: the layers quantization analysis ranks and mixed precision may leave in float.
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def label_layers(model: onnx.ModelProto) -> list[str]:
+    """Name every node of ``model`` in place and return the weighted layers' names in graph order.
+
+    Exported files carry no node names (they are compacted), so layers are named by position: ``conv0``, ``conv1``,
+    ..., ``gemm6``. The same float file always gives the same names, which is what lets a report's layer name or a
+    ``float_layers`` list made from one INT8 run apply to the next.
+    """
+    layers = []
+    for index, node in enumerate(model.graph.node):
+        if node.op_type in WEIGHTED_OPS:
+            node.name = f"{node.op_type.lower()}{len(layers)}"
+            layers.append(node.name)
+        else:
+            node.name = f"{node.op_type.lower()}_n{index}"
+    return layers
+
+
+def prepare_for_quantization(fp32_path: str | Path, out_path: Path) -> list[str]:
+    """Write ``fp32_path`` with its layers named and ONNX Runtime's pre-processing applied (shape inference,
+    constant folding) to ``out_path``; returns the weighted layers' names."""
+    model = onnx.load(str(fp32_path))
+    layers = label_layers(model)
+    named = out_path.with_name(f"{out_path.stem}-named.onnx")
+    onnx.save(model, str(named))
+    quant_pre_process(str(named), str(out_path), skip_symbolic_shape=True)
+    named.unlink()
+    return layers
+
+
+def check_method(method: str) -> None:
+    if method not in CALIBRATION_METHODS:
+        raise TierkitError(
+            f"unknown calibration method {method!r}",
+            where="calibration.method",
+            fix=f"use one of {', '.join(CALIBRATION_METHODS)}",
+        )
+
+
+def quantize_prepared(
+    prepared: Path,
+    out_path: Path,
+    samples: np.ndarray,
+    batch_size: int = 64,
+    method: str = "minmax",
+    reduce_range: bool = False,
+    per_channel: bool = True,
+    float_layers: Sequence[str] = (),
+    only_layers: Sequence[str] | None = None,
+) -> Path:
+    """ONNX Runtime's static QDQ quantization of a model from ``prepare_for_quantization``, names kept.
+
+    ``float_layers`` stay in float (mixed precision); ``only_layers``, when given, are the only ones quantized.
+    """
+    check_method(method)
+    input_name = onnx.load(str(prepared)).graph.input[0].name
+    quantize_static(
+        str(prepared),
+        str(out_path),
+        CalibrationBatches(samples, batch_size, input_name),
+        quant_format=QuantFormat.QDQ,
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CALIBRATION_METHODS[method],
+        nodes_to_exclude=list(float_layers),
+        nodes_to_quantize=list(only_layers or []),
+        extra_options={"CalibTensorRangeSymmetric": False, "QuantizeBias": False},
+    )
+    return out_path
+
+
 def quantize_int8(
     fp32_path: str | Path,
     out_path: str | Path,
@@ -89,11 +166,13 @@ def quantize_int8(
     method: str = "minmax",
     reduce_range: bool = False,
     per_channel: bool = True,
+    float_layers: Sequence[str] = (),
 ) -> Path:
     """Static INT8 (QDQ, per-channel weights, uint8 activations) calibrated on ``samples``.
 
     ``per_channel=False`` gives each weight tensor one scale: a few bytes smaller, but layers whose channels differ
-    in range (depthwise convolutions) lose precision.
+    in range (depthwise convolutions) lose precision. ``float_layers`` (names from ``label_layers``) stay in float:
+    mixed precision, for the layers whose quantization costs the most accuracy.
 
     The quantizer's output is compacted (short names, no metadata, no all-zero weight zero points): for a small student
     that overhead is a third of the file. Biases stay float, as in tierkit's QAT export: ONNX Runtime's
@@ -101,30 +180,20 @@ def quantize_int8(
     would have stored and the same values up to one rounding unit, so a stored INT32 copy would only add those
     per-channel scales and a DequantizeLinear per layer.
     """
-    if method not in CALIBRATION_METHODS:
-        raise TierkitError(
-            f"unknown calibration method {method!r}",
-            where="calibration.method",
-            fix=f"use one of {', '.join(CALIBRATION_METHODS)}",
-        )
-    input_name = onnx.load(str(fp32_path)).graph.input[0].name
+    check_method(method)
 
     def write(tmp: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="tierkit-ptq-") as scratch:
             prepared = Path(scratch) / "prepared.onnx"
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-            quantize_static(
-                str(prepared),
-                str(tmp),
-                CalibrationBatches(samples, batch_size, input_name),
-                quant_format=QuantFormat.QDQ,
-                per_channel=per_channel,
-                reduce_range=reduce_range,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CALIBRATION_METHODS[method],
-                extra_options={"CalibTensorRangeSymmetric": False, "QuantizeBias": False},
-            )
+            layers = prepare_for_quantization(fp32_path, prepared)
+            unknown = sorted(set(float_layers) - set(layers))
+            if unknown:
+                raise TierkitError(
+                    f"float_layers names {unknown}, which {fp32_path} does not have",
+                    where="quantization.float_layers",
+                    fix=f"name layers of this model: {', '.join(layers)}",
+                )
+            quantize_prepared(prepared, tmp, samples, batch_size, method, reduce_range, per_channel, float_layers)
         onnx.save(compact_model(onnx.load(str(tmp))), str(tmp))
         onnx.checker.check_model(str(tmp))
 
