@@ -58,11 +58,18 @@ class OnnxScores:
     pytorch_test_acc: float | None = None
     checkpoint: str | None = None
     sha256: str | None = None
+    # Post-training INT8 beyond the configured recipe (the "tuned" file): its calibration method, per-channel choice
+    # and the layers left in float.
+    recipe: dict[str, Any] | None = None
 
 
 @dataclass
 class QuantizationReport:
-    """What the quantization stage measured and which INT8 path (``ptq`` or ``qat``) it chose, and why."""
+    """What the quantization stage measured and which INT8 path it chose, and why.
+
+    Paths: ``ptq`` (post-training, as configured), ``tuned`` (post-training with another calibration and/or layers
+    left in float), ``qat`` (quantization-aware training). ``steps`` lists every candidate measured, cheapest first.
+    """
 
     max_drop_vs_fp32: float
     reduce_range: bool
@@ -77,14 +84,21 @@ class QuantizationReport:
     fp32: OnnxScores | None = None
     fp16: OnnxScores | None = None
     ptq: OnnxScores | None = None
+    tuned: OnnxScores | None = None
     qat: OnnxScores | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    # The per-layer sensitivity report, relative to the run folder, and its most sensitive layers.
+    sensitivity: str | None = None
+    sensitive_layers: list[str] | None = None
+
+    FILES: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "ptq", "tuned", "qat")
 
     def shipped(self) -> OnnxScores:
         return getattr(self, self.path)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "QuantizationReport":
-        files = {key: OnnxScores(**data[key]) for key in ("fp32", "fp16", "ptq", "qat") if data.get(key)}
+        files = {key: OnnxScores(**data[key]) for key in cls.FILES if data.get(key)}
         rest = {key: value for key, value in data.items() if key not in files}
         return cls(**rest, **files)
 
@@ -108,6 +122,18 @@ class FinetuneReport:
 
 
 @dataclass
+class TierVerdict:
+    """The run's best candidate model against its tier's budgets, checked when the run ends (export checks again
+    on the machines it profiles). ``checks`` holds, per budget, the measured value, the budget and PASS/MISS/None
+    (None: not measured here)."""
+
+    candidate: str
+    passed: bool
+    checks: dict[str, dict[str, Any]]
+    reason: str
+
+
+@dataclass
 class RunMetrics:
     """metrics.json: one run's results, section by section."""
 
@@ -123,6 +149,7 @@ class RunMetrics:
     pruning: dict[str, Any] | None = None
     quantization: QuantizationReport | None = None
     finetune: FinetuneReport | None = None
+    verdict: TierVerdict | None = None
     train_seconds: float | None = None
     schema_version: int = field(default=SCHEMA_VERSION)
 
@@ -141,7 +168,13 @@ class RunMetrics:
             )
         data = {**data, "schema_version": SCHEMA_VERSION}
         try:
-            for key, kind in (("student", ModelSummary), ("teacher", ModelSummary), ("finetune", FinetuneReport)):
+            sections = (
+                ("student", ModelSummary),
+                ("teacher", ModelSummary),
+                ("finetune", FinetuneReport),
+                ("verdict", TierVerdict),
+            )
+            for key, kind in sections:
                 if data.get(key) is not None:
                     data[key] = kind(**data[key])
             if data.get("quantization") is not None:

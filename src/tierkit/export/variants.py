@@ -15,7 +15,7 @@ from tierkit.distill.teacher import find_run_teacher, load_teacher
 from tierkit.errors import TierkitError
 from tierkit.export.cpu_classes import float_cpu_facts, int8_cpu_facts
 from tierkit.export.tiers import PRECISIONS
-from tierkit.models.checkpoint import load_student, shipped_int8_path
+from tierkit.models.checkpoint import load_student, shipped_int8_path, shipped_int8_recipe
 from tierkit.models.qat import float_copy, is_prepared, qat_settings
 from tierkit.onnxio import export_onnx, max_output_difference, onnx_accuracy
 from tierkit.onnxio.verify import check_onnx, float_compute_ops
@@ -41,7 +41,7 @@ class Run:
     student: nn.Module
     config: DictConfig
     name: str = ""
-    # The INT8 model the run's quantization stage chose to ship: "ptq", "qat", or None (not quantized).
+    # The INT8 model the run's quantization stage chose to ship: "ptq", "tuned", "qat", or None (not quantized).
     int8_path: str | None = None
 
 
@@ -115,7 +115,7 @@ class TrainedFiles:
         return recorded is not None and (self.folder.root / recorded).resolve() == loaded.resolve()
 
     def find(self, key: str, loaded: Path, settings: dict | None = None) -> tuple[Path | None, str]:
-        """Training's file for variant ``key`` (``fp32``, ``fp16``, ``ptq`` or ``qat``) made from checkpoint
+        """Training's file for variant ``key`` (``fp32``, ``fp16``, ``ptq``, ``tuned`` or ``qat``) made from checkpoint
         ``loaded`` with ``settings``, or None and why export makes its own."""
         report = self.report
         if report is None:
@@ -128,7 +128,11 @@ class TrainedFiles:
             return None, f"training made its {key} file from {made_from}, export loads {loaded.name}"
         if settings is not None:
             recorded = {"reduce_range": report.reduce_range, "per_channel": report.per_channel}
-            recorded["calibration"] = report.calibration
+            recorded["calibration"], recorded["float_layers"] = report.calibration, []
+            if scores.recipe is not None:  # a tuned file: its own calibration method, scales and float layers
+                recorded["calibration"] = {**(report.calibration or {}), "method": scores.recipe["method"]}
+                recorded["per_channel"] = scores.recipe["per_channel"]
+                recorded["float_layers"] = scores.recipe["float_layers"]
             differing = sorted(name for name in settings if settings[name] != recorded[name])
             if differing:
                 return None, f"export's settings differ from training's: {', '.join(differing)}"
@@ -240,8 +244,16 @@ def int8_files(
         qat_student = run.student if is_prepared(run.student) else load_student(qat_checkpoint)[0]
         qat_settings_used = qat_settings(qat_student)
         qat_bits = REDUCED_WEIGHT_BITS if qat_settings_used["reduce_range"] else 8
-    per_channel = bool(run.config.quantization.per_channel if cfg.per_channel is None else cfg.per_channel)
-    calibration = export_calibration(cfg.calibration, run.config.quantization.calibration)
+    # A run that shipped a tuned post-training model is quantized with that model's recipe.
+    tuned = shipped_int8_recipe(trained.folder.checkpoint(cfg.checkpoint)) if run.int8_path == "tuned" else None
+    run_calibration = run.config.quantization.calibration
+    run_per_channel = run.config.quantization.per_channel
+    if tuned is not None:
+        run_calibration = OmegaConf.merge(run_calibration, {"method": tuned["method"]})
+        run_per_channel = tuned["per_channel"]
+    float_layers = list(tuned["float_layers"]) if tuned is not None else []
+    per_channel = bool(run_per_channel if cfg.per_channel is None else cfg.per_channel)
+    calibration = export_calibration(cfg.calibration, run_calibration)
     samples, recorded_calibration = None, None
     if any(bits != qat_bits for bits in cfg.int8_weight_bits):  # some range comes from post-training INT8
         samples = calibration_samples(datamodule, calibration.samples, calibration.batch_size, calibration.seed)
@@ -260,15 +272,16 @@ def int8_files(
             facts[key].update(int8_method="qat", reduce_range=bits < 8, per_channel=qat_settings_used["per_channel"])
         else:
             settings = {"reduce_range": bits < 8, "per_channel": per_channel, "calibration": recorded_calibration}
+            settings["float_layers"] = float_layers
             paths[key], facts[key] = reuse_or_make(
                 key,
-                trained.find("ptq", trained.folder.checkpoint(cfg.checkpoint), settings),
+                trained.find("tuned" if tuned else "ptq", trained.folder.checkpoint(cfg.checkpoint), settings),
                 target,
                 lambda path, reduced=bits < 8: quantize_int8(
-                    fp32, path, samples, calibration.batch_size, calibration.method, reduced, per_channel=per_channel
+                    fp32, path, samples, calibration.batch_size, calibration.method, reduced, per_channel, float_layers
                 ),
             )
-            facts[key].update(int8_method="ptq", **settings)
+            facts[key].update(int8_method="tuned" if tuned else "ptq", **settings)
         facts[key]["float_compute_ops"] = float_compute_ops(paths[key])
     return paths
 

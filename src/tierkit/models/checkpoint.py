@@ -49,11 +49,13 @@ def load_student(path: str | Path) -> tuple[nn.Module, DictConfig]:
     return student.eval(), config
 
 
-def record_int8_path(path: str | Path, int8_path: str) -> None:
-    """Write the quantization stage's choice ("ptq" or "qat") into an FP32 checkpoint, so whoever loads the
-    checkpoint (export, fine-tuning) knows which INT8 model the run ships without reading metrics.json."""
+def record_int8_path(path: str | Path, int8_path: str, recipe: dict | None = None) -> None:
+    """Write the quantization stage's choice ("ptq", "tuned" or "qat") into an FP32 checkpoint, so whoever loads the
+    checkpoint (export, fine-tuning) knows which INT8 model the run ships without reading metrics.json. A tuned
+    post-training model also records its recipe (calibration method, per-channel, layers left in float)."""
     checkpoint = load_torch(path)
     checkpoint["tierkit"]["int8_path"] = int8_path
+    checkpoint["tierkit"]["int8_recipe"] = recipe
     save_torch(path, checkpoint)
 
 
@@ -65,3 +67,8 @@ def shipped_int8_path(path: str | Path, folder: RunFolder) -> str | None:
         metrics = folder.read_metrics()
         recorded = metrics.quantization.path if metrics and metrics.quantization else None
     return recorded
+
+
+def shipped_int8_recipe(path: str | Path) -> dict | None:
+    """The recipe of the tuned post-training INT8 model a checkpoint's run ships (None for any other path)."""
+    return load_torch(path).get("tierkit", {}).get("int8_recipe")

@@ -195,7 +195,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     folder = RunFolder(Path(cfg.paths.output_dir))
     if cfg.quantization.enabled and best_path and not quantization and trainer.is_global_zero:
         metrics.quantization = quantize_student(cfg, target, teacher, Path(best_path), loggers, None)
-        record_int8_path(best_path, metrics.quantization.path)
+        record_int8_path(best_path, metrics.quantization.path, metrics.quantization.shipped().recipe)
     metrics.train_seconds = round(time.perf_counter() - started, 1)
     if trainer.is_global_zero:
         folder.write_metrics(metrics)

@@ -5,6 +5,7 @@ Decisions use the validation split (the test split only reports), so choosing a 
 
 import logging
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -21,8 +22,11 @@ from tierkit.onnxio.verify import float_compute_ops
 from tierkit.profile import ort_session
 from tierkit.prune import StructuredPruning
 from tierkit.quant.callback import QuantizationAwareTraining, check_freeze_after_activations
+from tierkit.quant.escalation import Recipe, escalate_ptq, step_record
+from tierkit.quant.layer_analysis import SensitivityReport, analyse_layers
 from tierkit.quant.ptq import calibration_samples, convert_fp16, quantize_int8, samples_digest
 from tierkit.quant.qdq import export_qat_onnx
+from tierkit.quant.sensitivity_files import headline, sensitive_layers, write_sensitivity
 from tierkit.run_folder import OnnxScores, QuantizationReport, RunFolder
 from tierkit.runtime import sha256_of
 from tierkit.runtime.cpu import needs_reduced_range
@@ -30,6 +34,8 @@ from tierkit.stages.trainer import build_trainer, fit_checkpoints, recipe_module
 from tierkit.utils.instantiate import instantiate, instantiate_callbacks
 
 log = logging.getLogger(__name__)
+
+ACCURACY_EFFECTS = ("when_missed", "always", "never")
 
 
 def onnx_scores(path: Path, datamodule: L.LightningDataModule, reference: OnnxScores | None = None) -> OnnxScores:
@@ -154,26 +160,60 @@ def quantize_student(
     report.ptq = onnx_scores(ptq, datamodule, reference=report.fp32)
     report.ptq.float_compute_ops = float_compute_ops(ptq)
     ptq_drop = report.ptq.drop
+    configured = Recipe(calibration.method, bool(settings.per_channel))
+    report.steps.append(scores_step("post-training", configured.describe(), report.ptq, budget))
+    missed = resume_qat is not None or ptq_drop > budget
+    analysis = layer_sensitivity(settings, fp32, datamodule, samples, reduce_range, student, folder, report, missed)
 
-    if resume_qat is None and ptq_drop <= budget:
+    if not missed:
         report.budget_met = True
         report.reason = (
             f"post-training INT8 lost {100 * ptq_drop:.2f} points on validation, "
             f"within the {100 * budget:.2f}-point budget"
         )
         return report
+    if resume_qat is None:
+        escalation = escalate_ptq(
+            fp32,
+            out / "int8_tuned.onnx",
+            samples,
+            datamodule,
+            configured,
+            report.ptq.val_acc,
+            report.fp32.val_acc,
+            budget,
+            reduce_range,
+            calibration.batch_size,
+            [entry.layer for entry in analysis.ranked()] if analysis else [],
+            list(settings.escalation.calibration_methods),
+            int(settings.escalation.max_float_layers),
+        )
+        report.steps.extend(escalation.steps)
+        if escalation.best is not None:
+            report.tuned = onnx_scores(escalation.best.path, datamodule, reference=report.fp32)
+            report.tuned.float_compute_ops = float_compute_ops(escalation.best.path)
+            report.tuned.recipe = asdict(escalation.best.recipe)
+        if escalation.met:
+            report.path, report.budget_met = "tuned", True
+            report.reason = (
+                f"post-training INT8 lost {100 * ptq_drop:.2f} points on validation (budget {100 * budget:.2f}); "
+                f"with {escalation.best.recipe.describe()} it loses {100 * report.tuned.drop:.2f}"
+            )
+            return report
+    best_ptq = "tuned" if report.tuned is not None else "ptq"
+    best_drop = getattr(report, best_ptq).drop
     if not settings.qat.enabled:
-        report.budget_met = False
+        report.path, report.budget_met = best_ptq, False
         report.reason = (
-            f"BUDGET MISSED: post-training INT8 lost {100 * ptq_drop:.2f} points on validation "
+            f"BUDGET MISSED: post-training INT8 lost {100 * best_drop:.2f} points on validation at best "
             f"(budget {100 * budget:.2f}) and QAT is disabled (quantization.qat.enabled=false)"
         )
         log.warning("%s", report.reason)
         return report
 
     log.info(
-        "Post-training INT8 lost %.2f points (budget %.2f): quantization-aware training for %d epochs",
-        100 * ptq_drop,
+        "Post-training INT8 lost %.2f points at best (budget %.2f): quantization-aware training for %d epochs",
+        100 * best_drop,
         100 * budget,
         settings.qat.epochs,
     )
@@ -184,17 +224,68 @@ def quantize_student(
     report.qat.float_compute_ops = float_compute_ops(qat_file)
     report.qat.pytorch_test_acc = pytorch_test_acc
     report.qat.checkpoint = run_relative(best_qat, folder)
-    report.path = "qat" if report.qat.val_acc >= report.ptq.val_acc else "ptq"
+    report.steps.append(scores_step("QAT", f"{settings.qat.epochs} epochs", report.qat, budget))
+    report.path = max(
+        ("qat", "tuned", "ptq"), key=lambda key: getattr(report, key).val_acc if getattr(report, key) else -1
+    )
     report.budget_met = report.shipped().drop <= budget
-    missed = "" if report.budget_met else "BUDGET MISSED: "
+    missed_text = "" if report.budget_met else "BUDGET MISSED: "
     report.reason = (
-        f"{missed}post-training INT8 lost {100 * ptq_drop:.2f} points on validation "
-        f"(budget {100 * budget:.2f}); after QAT the drop is {100 * report.qat.drop:.2f} points, "
-        f"so {report.path.upper()} ships"
+        f"{missed_text}post-training INT8 lost {100 * ptq_drop:.2f} points on validation "
+        f"(budget {100 * budget:.2f}), {100 * best_drop:.2f} at best after calibration and mixed precision; "
+        f"after QAT the drop is {100 * report.qat.drop:.2f} points, so {report.path.upper()} ships"
     )
     if not report.budget_met:
         log.warning("%s", report.reason)
     return report
+
+
+def scores_step(step: str, recipe: str, scores: OnnxScores, budget: float) -> dict:
+    return step_record(step, recipe, scores.val_acc, scores.drop, scores.bytes, budget)
+
+
+def layer_sensitivity(
+    settings: DictConfig,
+    fp32: Path,
+    datamodule: L.LightningDataModule,
+    samples,
+    reduce_range: bool,
+    student: nn.Module,
+    folder: RunFolder,
+    report: QuantizationReport,
+    missed: bool,
+) -> SensitivityReport | None:
+    """The per-layer report, written to ``quantization/sensitivity.*`` when enabled; with accuracy effects when the
+    budget was missed (mixed precision ranks layers by them) or when asked for."""
+    wanted = settings.sensitivity.accuracy_effects
+    if wanted not in ACCURACY_EFFECTS:
+        raise TierkitError(
+            f"quantization.sensitivity.accuracy_effects is {wanted!r}",
+            where="quantization.sensitivity.accuracy_effects",
+            fix=f"use one of {', '.join(ACCURACY_EFFECTS)}",
+        )
+    effects = wanted == "always" or (wanted == "when_missed" and missed)
+    for_mixed = missed and settings.escalation.max_float_layers > 0
+    if not settings.sensitivity.enabled and not for_mixed:
+        return None
+    calibration = settings.calibration
+    analysis = analyse_layers(
+        fp32,
+        datamodule,
+        samples,
+        calibration.batch_size,
+        calibration.method,
+        reduce_range,
+        bool(settings.per_channel),
+        accuracy_effects=effects or for_mixed,
+        module=student,
+    )
+    if settings.sensitivity.enabled:
+        paths = write_sensitivity(analysis, folder.quantization)
+        report.sensitivity = run_relative(paths["md"], folder)
+        report.sensitive_layers = [entry.layer for entry in sensitive_layers(analysis)]
+        log.info("INT8 sensitivity: %s (%s)", headline(analysis), paths["md"])
+    return analysis
 
 
 def run_relative(path: Path, folder: RunFolder) -> str:

@@ -1,6 +1,7 @@
 """One training run of the recipe: teacher, then the FP32 fit (distillation and pruning), then quantization, then
 the run's metrics.json, console summary and logger results."""
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,12 @@ from tierkit.stages.quantize import quantize_student
 from tierkit.stages.summary import print_run_summary
 from tierkit.stages.teacher import obtain_teacher
 from tierkit.stages.trainer import FitCheckpoints
+from tierkit.stages.verdict import tier_verdict
 from tierkit.tracking import log_run_results
 from tierkit.utils.instantiate import instantiate, instantiate_loggers
 from tierkit.utils.model_stats import model_stats
+
+log = logging.getLogger(__name__)
 
 
 def run_recipe(cfg: DictConfig, ckpt_path: str | None, saved: dict[str, Any], started: float) -> dict[str, Any]:
@@ -82,7 +86,11 @@ def run_recipe(cfg: DictConfig, ckpt_path: str | None, saved: dict[str, Any], st
         shipped = metrics.quantization.shipped()
         metrics.student.int8_bytes, metrics.student.int8_test_acc = shipped.bytes, shipped.test_acc
         for path in {checkpoints.best, checkpoints.last} - {None, ""}:
-            record_int8_path(path, metrics.quantization.path)
+            record_int8_path(path, metrics.quantization.path, shipped.recipe)
+    if is_global_zero:
+        metrics.verdict = tier_verdict(cfg, metrics, folder)
+        if not metrics.verdict.passed:
+            log.warning("tier %s: %s", cfg.tier.name, metrics.verdict.reason)
     metrics.train_seconds = round(time.perf_counter() - started, 1)
     if is_global_zero:
         folder.write_metrics(metrics)

@@ -38,9 +38,30 @@ def print_run_summary(metrics: RunMetrics, console: Console | None = None) -> No
         console.print(f"best checkpoint: {metrics.checkpoints['best']}")
     if metrics.quantization:
         print_quantization_summary(metrics.quantization, console)
+    if metrics.verdict:
+        print_verdict(metrics, console)
 
 
-QUANTIZED_VARIANTS = {"fp32": "FP32", "fp16": "FP16", "ptq": "INT8 post-training", "qat": "INT8 QAT"}
+def print_verdict(metrics: RunMetrics, console: Console) -> None:
+    """PASS or MISS for each of the tier's budgets, on the run's best candidate."""
+    verdict = metrics.verdict
+    table = Table(title=f"tier {metrics.tier} budgets: {verdict.candidate}")
+    for column in ("budget", "result", "measured"):
+        table.add_column(column)
+    for name, check in verdict.checks.items():
+        result = {True: "[green]PASS[/green]", False: "[bold red]MISS[/bold red]", None: "not measured"}
+        table.add_row(name, result[check["passed"]], check["says"])
+    console.print(table)
+    console.print(verdict.reason, style="green" if verdict.passed else "bold red")
+
+
+QUANTIZED_VARIANTS = {
+    "fp32": "FP32",
+    "fp16": "FP16",
+    "ptq": "INT8 post-training",
+    "tuned": "INT8 tuned post-training",
+    "qat": "INT8 QAT",
+}
 
 
 def print_quantization_summary(report: QuantizationReport, console: Console) -> None:
@@ -57,8 +78,13 @@ def print_quantization_summary(report: QuantizationReport, console: Console) -> 
             label + shipped, _pct(entry.val_acc), _pct(entry.test_acc), f"{entry.bytes / 1024:.1f} KiB", entry.file
         )
     console.print(table)
+    if len(report.steps) > 1:
+        print_escalation_steps(report, console)
     style = "bold red" if report.budget_met is False else "green"
     console.print(f"INT8 path: {report.path.upper()}: {report.reason}", style=style)
+    if report.sensitivity:
+        layers = ", ".join(report.sensitive_layers or []) or "none stands out"
+        console.print(f"INT8 sensitivity per layer: {report.sensitivity} (sensitive layers: {layers})")
     left_float = report.shipped().float_compute_ops
     if left_float:
         console.print(
@@ -66,6 +92,23 @@ def print_quantization_summary(report: QuantizationReport, console: Console) -> 
             "ONNX Runtime found no integer kernel for them",
             style="yellow",
         )
+
+
+def print_escalation_steps(report: QuantizationReport, console: Console) -> None:
+    """Every INT8 candidate the stage measured, cheapest step first, with what it cost in size."""
+    table = Table(title="INT8 escalation (validation, against FP32)")
+    for column in ("step", "recipe", "val acc", "drop", "size", "budget"):
+        table.add_column(column, justify="left" if column in ("step", "recipe") else "right")
+    for step in report.steps:
+        table.add_row(
+            step["step"],
+            step["recipe"],
+            _pct(step["val_acc"]),
+            f"{100 * step['drop']:.2f} pt",
+            f"{step['bytes'] / 1024:.1f} KiB",
+            "met" if step["meets_budget"] else "missed",
+        )
+    console.print(table)
 
 
 def print_finetune_summary(metrics: RunMetrics, console: Console | None = None) -> None:
