@@ -20,7 +20,7 @@ from tierkit.profile.variants import fastest
 from tierkit.run_folder import RunFolder, RunMetrics
 
 # The sections of metrics.json that hold a stage's results (pruning steps are logged as they happen).
-STAGE_SECTIONS = ("student", "teacher", "quantization", "finetune")
+STAGE_SECTIONS = ("student", "teacher", "quantization", "finetune", "verdict")
 RESULT_COLUMNS = (
     "stage",
     "tier",

@@ -11,26 +11,42 @@ def budget_latency(variant: dict) -> dict:
     return fastest(variant["latency"], variant["budget_hardware"])
 
 
+def budget_checks(
+    budgets: dict, drop: float | None, kib: float, p50: float | None, hardware: str
+) -> dict[str, tuple[bool | None, str]]:
+    """Each budget (accuracy, size, latency): whether it holds (None: not measured) and the words that say so."""
+    allowed = budgets["max_drop_vs_teacher"]
+    checks: dict[str, tuple[bool | None, str]] = {}
+    if drop is None:
+        checks["accuracy"] = (None, "accuracy drop not measured (no teacher to compare with)")
+    else:
+        # A hair of slack so an accuracy measured on a finite split is not failed by float rounding.
+        passed = drop <= allowed + 1e-9
+        checks["accuracy"] = (
+            passed,
+            f"accuracy drop {100 * drop:.2f} {'<=' if passed else '>'} {100 * allowed:.2f} points vs the teacher",
+        )
+    passed = kib <= budgets["max_size_kib"]
+    checks["size"] = (passed, f"size {kib:.1f} {'<=' if passed else '>'} {budgets['max_size_kib']:g} KiB")
+    if p50 is None:
+        checks["latency"] = (None, f"latency not measured on {hardware}")
+    else:
+        passed = p50 <= budgets["max_latency_ms"]
+        checks["latency"] = (
+            passed,
+            f"p50 {p50:.4f} {'<=' if passed else '>'} {budgets['max_latency_ms']:g} ms on {hardware}",
+        )
+    return checks
+
+
 def check_budgets(variant: dict, reference_accuracy: float) -> list[str]:
     """Fill ``variant['checks']`` (accuracy, size, latency: pass or fail) and return why each failed."""
-    budgets = variant["budgets"]
     drop = reference_accuracy - variant["accuracy"]
-    kib = variant["bytes"] / 1024
     p50 = budget_latency(variant)["p50_ms"]
     variant["accuracy_drop"] = round(drop, 6)
-    # A hair of slack so an accuracy measured on a finite split is not failed by float rounding.
-    variant["checks"] = {
-        "accuracy": drop <= budgets["max_drop_vs_teacher"] + 1e-9,
-        "size": kib <= budgets["max_size_kib"],
-        "latency": p50 <= budgets["max_latency_ms"],
-    }
-    hardware, allowed = variant["budget_hardware"], budgets["max_drop_vs_teacher"]
-    reasons = {
-        "accuracy": f"accuracy drop {100 * drop:.2f} > {100 * allowed:.2f} points vs the teacher",
-        "size": f"size {kib:.1f} > {budgets['max_size_kib']:g} KiB",
-        "latency": f"p50 {p50:.4f} > {budgets['max_latency_ms']:g} ms on {hardware}",
-    }
-    return [reasons[check] for check, passed in variant["checks"].items() if not passed]
+    checks = budget_checks(variant["budgets"], drop, variant["bytes"] / 1024, p50, variant["budget_hardware"])
+    variant["checks"] = {name: passed for name, (passed, _) in checks.items()}
+    return [words for passed, words in checks.values() if not passed]
 
 
 def _exact_classes(variant: dict) -> list[str]:
