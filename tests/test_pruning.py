@@ -1,4 +1,5 @@
 import functools
+import logging
 
 import lightning as L
 import numpy as np
@@ -79,6 +80,17 @@ def _trainer(max_epochs, callbacks, **kwargs):
         callbacks=callbacks,
         **kwargs,
     )
+
+
+class StopAfter(L.Callback):
+    """Stops a run after ``epochs`` epochs, as a preempted job would be."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
 
 
 def _macs_params(model):
@@ -170,7 +182,8 @@ def test_resuming_mid_schedule_reaches_the_same_structure(tmp_path):
 
     L.seed_everything(0)
     latest = ModelCheckpoint(dirpath=tmp_path, filename="last", monitor=None)
-    _trainer(2, [pruning(), latest]).fit(_module(SmallCNN(SHAPE, 4, width=0.5)), datamodule=_data())
+    stopped = StopAfter(epochs=2)
+    _trainer(4, [pruning(), latest, stopped]).fit(_module(SmallCNN(SHAPE, 4, width=0.5)), datamodule=_data())
     resumed_pruning = pruning()
     resumed = _module(SmallCNN(SHAPE, 4, width=0.5))
     _trainer(4, [resumed_pruning], enable_checkpointing=False).fit(
@@ -210,3 +223,34 @@ def test_untraceable_model_fails_before_training_with_the_reason():
     with pytest.raises(TierkitError, match="cannot trace NeedsAMask") as err:
         _trainer(1, [pruning], enable_checkpointing=False).fit(_module(NeedsAMask(SHAPE, 4)), datamodule=_data())
     assert "~callbacks.pruning" in str(err.value)
+
+
+def test_a_schedule_longer_than_the_run_is_moved_inside_it_and_still_reaches_the_target():
+    pruning = StructuredPruning(target=0.5, start_epoch=2, end_epoch=8, steps=4)
+    pruning.fit_to_run(max_epochs=3)
+    assert pruning.epochs == [2] and pruning.ratios == [0.5]
+    assert "to end within 3 epochs" in pruning.fitted
+    roomier = StructuredPruning(target=0.5, start_epoch=2, end_epoch=8, steps=4, schedule="linear")
+    roomier.fit_to_run(max_epochs=6)
+    assert roomier.epochs == [2, 3, 4] and roomier.ratios[-1] == pytest.approx(0.5)
+
+
+def test_a_run_that_ends_before_the_first_step_is_not_pruned_and_says_so(caplog):
+    pruning = StructuredPruning(target=0.5, start_epoch=2, end_epoch=8, steps=4)
+    with caplog.at_level(logging.WARNING):
+        pruning.fit_to_run(max_epochs=1)
+    assert pruning.ratios == [] and "never runs" in caplog.text
+
+
+def test_a_schedule_inside_the_run_is_left_as_it_is():
+    pruning = StructuredPruning(target=0.5, start_epoch=2, end_epoch=8, steps=4)
+    pruning.fit_to_run(max_epochs=25)
+    assert pruning.epochs == [2, 4, 6, 8] and pruning.fitted is None
+
+
+def test_the_record_says_how_much_rounding_left_of_an_extreme_target():
+    student = SmallCNN(SHAPE, 4, width=0.5)
+    pruning = StructuredPruning(target=0.99, start_epoch=0, end_epoch=0, steps=1, round_to=8)
+    _trainer(1, [pruning], enable_checkpointing=False).fit(_module(student), datamodule=_data())
+    removed = pruning.history[-1]["removed"]
+    assert pruning.history[-1]["ratio"] == 0.99 and 0.3 < removed < 0.9

@@ -48,6 +48,11 @@ def preserved_mode(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
+def step_epochs(start_epoch: int, end_epoch: int, steps: int) -> list[int]:
+    """The distinct epochs, evenly spread from ``start_epoch`` to ``end_epoch``, that ``steps`` steps fall on."""
+    return sorted({round(start_epoch + i * (end_epoch - start_epoch) / max(steps - 1, 1)) for i in range(steps)})
+
+
 class StructuredPruning(Callback):
     """Prune the student from ``start_epoch`` to ``end_epoch`` in ``steps`` steps up to ``target``.
 
@@ -89,15 +94,15 @@ class StructuredPruning(Callback):
             )
         self.target, self.schedule, self.importance = target, schedule, importance
         self.ratios = pruning_schedule(schedule, target, steps)
-        self.epochs = sorted(
-            {round(start_epoch + i * (end_epoch - start_epoch) / max(steps - 1, 1)) for i in range(steps)}
-        )
+        self.epochs = step_epochs(start_epoch, end_epoch, steps)
         if len(self.epochs) < len(self.ratios):
             raise TierkitError(
                 f"{steps} pruning steps do not fit between epochs {start_epoch} and {end_epoch}",
                 where="callbacks.pruning",
                 fix="widen the epoch range or use fewer steps",
             )
+        # Set by fit_to_run: what changed so the schedule ends inside the run, for the run's record.
+        self.fitted: str | None = None
         self.round_to, self.ignore = round_to, list(ignore)
         self.steps_done = 0
         self.history: list[dict[str, Any]] = []
@@ -121,10 +126,47 @@ class StructuredPruning(Callback):
             protected += matches
         return protected
 
+    def fit_to_run(self, max_epochs: int) -> None:
+        """Make the schedule end inside a run of ``max_epochs`` epochs, and say so.
+
+        A schedule whose last step falls after the run's end would stop part-way (a lowend run pruned 29% instead
+        of 50%) and still call itself that tier. Its steps are moved earlier instead, keeping one epoch after the
+        last step for recovery where the run has room; fewer distinct epochs mean fewer, larger steps to the same
+        target. A run that ends before the first step is left unpruned, with a warning.
+        """
+        last_epoch = max_epochs - 1
+        if self.epochs[-1] <= last_epoch:
+            return
+        start = self.epochs[0]
+        if start > last_epoch:
+            self.fitted = f"no pruning: the first step is at epoch {start}, the run has {max_epochs} epoch(s)"
+            log.warning(
+                "Pruning never runs: its first step is at epoch %d but trainer.max_epochs=%d, so the student stays "
+                "unpruned (raise trainer.max_epochs, or set callbacks.pruning.start_epoch/end_epoch)",
+                start,
+                max_epochs,
+            )
+            self.ratios, self.epochs = [], []
+            return
+        end = max(start, last_epoch - 1)
+        epochs = step_epochs(start, end, len(self.ratios))
+        before = self.epochs
+        self.epochs, self.ratios = epochs, pruning_schedule(self.schedule, self.target, len(epochs))
+        self.fitted = f"schedule moved from epochs {before} to {epochs} to end within {max_epochs} epochs"
+        log.warning(
+            "Pruning %s (trainer.max_epochs=%d): the target %.0f%% is still reached, with less recovery between "
+            "steps; set callbacks.pruning.end_epoch below trainer.max_epochs to choose the schedule yourself",
+            self.fitted,
+            max_epochs,
+            100 * self.target,
+        )
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Fail before training if the student cannot be pruned as configured."""
         if stage != "fit":
             return
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            self.fit_to_run(trainer.max_epochs)
         student, example = self._student_and_example(trainer, pl_module)
         self.protected_layers(student, pl_module.num_classes)
         self._remember_widths(student)
@@ -190,6 +232,14 @@ class StructuredPruning(Callback):
                     "over module names), or drop pruning with ~callbacks.pruning",
                 ) from exc
 
+    def removed_fraction(self, student: nn.Module, num_classes: int) -> float:
+        """The share of the pruned layers' original channels that is gone: what rounding left of the goal."""
+        protected = {id(m) for m in self.protected_layers(student, num_classes)}
+        names = {n for n, m in student.named_modules() if isinstance(m, PRUNABLE) and id(m) not in protected}
+        original = sum(self.original_widths.get(name, 0) for name in names)
+        now = sum(output_width(m) for n, m in student.named_modules() if n in names)
+        return 1 - now / original if original else 0.0
+
     def _remember_widths(self, student: nn.Module) -> None:
         if not self.original_widths:
             self.original_widths = {
@@ -232,10 +282,12 @@ class StructuredPruning(Callback):
         with torch.no_grad():
             macs, params = tp.utils.count_ops_and_params(student, example)
         kept = {name: output_width(m) for name, m in student.named_modules() if isinstance(m, PRUNABLE)}
+        removed = self.removed_fraction(student, pl_module.num_classes)
         record = {
             "step": self.steps_done,
             "epoch": trainer.current_epoch,
             "ratio": goal,
+            "removed": removed,
             "params": int(params),
             "macs": int(macs),
             "kept": kept,
@@ -244,16 +296,20 @@ class StructuredPruning(Callback):
         if not trainer.is_global_zero:
             return
         log.info(
-            "Pruning step %d/%d at epoch %d: %.0f%% of channels removed, %s params, %s MACs",
+            "Pruning step %d/%d at epoch %d: %.1f%% of channels asked, %.1f%% removed after rounding to multiples "
+            "of %d; %s params, %s MACs",
             self.steps_done,
             len(self.ratios),
             trainer.current_epoch,
             100 * goal,
+            100 * removed,
+            self.round_to or 1,
             f"{int(params):,}",
             f"{int(macs):,}",
         )
         log.debug("Channels kept per layer: %s", kept)
-        metrics = {"prune/ratio": goal, "prune/params": float(params), "prune/macs": float(macs)}
+        metrics = {"prune/ratio": goal, "prune/removed": removed, "prune/params": float(params)}
+        metrics["prune/macs"] = float(macs)
         metrics.update({f"prune/kept/{name}": float(n) for name, n in kept.items()})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)

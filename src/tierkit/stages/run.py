@@ -70,7 +70,14 @@ def run_recipe(cfg: DictConfig, ckpt_path: str | None, saved: dict[str, Any], st
     )
     pruning = next((c for c in trainer.callbacks if isinstance(c, StructuredPruning)), None) if trainer else None
     if pruning is not None:
-        metrics.pruning = {"target": pruning.target, "steps_done": pruning.steps_done, "history": pruning.history}
+        metrics.pruning = {
+            "target": pruning.target,
+            "removed": pruning.history[-1]["removed"] if pruning.history else 0.0,
+            "steps_done": pruning.steps_done,
+            "steps_planned": len(pruning.ratios),
+            "schedule_fitted": pruning.fitted,
+            "history": pruning.history,
+        }
     if teacher is not None:
         metrics.teacher = ModelSummary(
             architecture=model_name(cfg.model.teacher),
