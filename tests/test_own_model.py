@@ -355,7 +355,7 @@ def test_derived_students_meet_each_tier_size_and_export_to_integer_kernels(tmp_
 
 def test_a_model_pruning_would_break_is_refused_before_training_with_a_way_out():
     model = FixedFlatten(1, CLASSES)
-    trainer = SimpleNamespace(datamodule=SimpleNamespace(input_shape=SHAPE))
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(input_shape=SHAPE), max_epochs=25)
     module = SimpleNamespace(student=model, num_classes=CLASSES, device=torch.device("cpu"))
     with pytest.raises(TierkitError, match=r"after pruning, FixedFlatten no longer runs \(shape .* is invalid") as err:
         StructuredPruning(target=0.5, round_to=1).setup(trainer, module, "fit")

@@ -254,3 +254,65 @@ def test_the_record_says_how_much_rounding_left_of_an_extreme_target():
     _trainer(1, [pruning], enable_checkpointing=False).fit(_module(student), datamodule=_data())
     removed = pruning.history[-1]["removed"]
     assert pruning.history[-1]["ratio"] == 0.99 and 0.3 < removed < 0.9
+
+
+class TeacherAhead(L.Callback):
+    """Sets the validation teacher accuracy to the student's plus a scripted gap per epoch, so that budget pruning
+    sees a drop the test chooses."""
+
+    def __init__(self, gaps: dict[int, float]):
+        self.gaps = gaps
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            gap = self.gaps.get(trainer.current_epoch, 0.0)
+            trainer.callback_metrics["val/teacher_acc"] = trainer.callback_metrics["val/acc"] + gap
+
+
+def _budget_run(gaps, start_epoch=1, end_epoch=3, steps=3, epochs=5):
+    student = SmallCNN(SHAPE, 4, width=0.5)
+    pruning = StructuredPruning(
+        target=0.6,
+        start_epoch=start_epoch,
+        end_epoch=end_epoch,
+        steps=steps,
+        schedule="linear",
+        round_to=None,
+        mode="budget",
+        max_drop=0.02,
+    )
+    _trainer(epochs, [pruning, TeacherAhead(gaps)], enable_checkpointing=False, num_sanity_val_steps=0).fit(
+        _module(student), datamodule=_data()
+    )
+    return student, pruning
+
+
+def test_budget_pruning_rolls_back_the_step_that_broke_the_budget_and_stops():
+    student, pruning = _budget_run({2: 0.05})  # the student after step 2 (epoch 2) is 5 points under the teacher
+    assert pruning.steps_done == 2 and "rolled back to 20%" in pruning.stopped
+    assert describe_structure(student)["features.0.0"]["out_channels"] == pruning.history[0]["kept"]["features.0.0"]
+    assert pruning.history[-1]["ratio"] == pytest.approx(0.2)
+
+
+def test_budget_pruning_judges_the_last_step_after_its_recovery():
+    student, pruning = _budget_run({1: 0.05}, start_epoch=0, end_epoch=1, steps=2)
+    assert pruning.steps_done == 2 and pruning.check_epoch() == 2 and "rolled back to 30%" in pruning.stopped
+    assert describe_structure(student)["features.3.0"]["out_channels"] == pruning.history[0]["kept"]["features.3.0"]
+
+
+def test_budget_pruning_keeps_a_student_that_misses_before_any_step_unpruned():
+    unpruned = describe_structure(SmallCNN(SHAPE, 4, width=0.5))
+    student, pruning = _budget_run({0: 0.05})
+    assert pruning.steps_done == 0 and "kept unpruned" in pruning.stopped
+    assert describe_structure(student) == unpruned
+
+
+def test_budget_pruning_that_stays_within_budget_runs_the_whole_schedule():
+    _, pruning = _budget_run({})
+    assert pruning.steps_done == 3 and pruning.stopped is None
+
+
+@pytest.mark.parametrize(("max_drop", "mode"), [(0.0, "budget"), (-0.01, "budget"), (None, "budget"), (0.02, "auto")])
+def test_budget_pruning_needs_a_positive_budget_and_a_known_mode(max_drop, mode):
+    with pytest.raises(TierkitError, match=r"callbacks\.pruning"):
+        StructuredPruning(target=0.5, mode=mode, max_drop=max_drop)

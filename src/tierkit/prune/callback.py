@@ -14,6 +14,7 @@ from lightning import Callback
 from torch import nn
 
 from tierkit.errors import TierkitError
+from tierkit.models.structure import apply_structure, describe_structure
 from tierkit.prune.schedules import pruning_schedule
 from tierkit.prune.surgery import (
     check_same_structure_on_all_ranks,
@@ -31,6 +32,7 @@ IMPORTANCES = {
     "taylor": lambda: tp.importance.GroupTaylorImportance(),
 }
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+MODES = ("fixed", "budget")
 
 
 def output_width(module: nn.Module) -> int:
@@ -72,8 +74,21 @@ class StructuredPruning(Callback):
         importance: str = "l2",
         round_to: int | None = 8,
         ignore: list[str] | tuple[str, ...] = (),
+        mode: str = "fixed",
+        max_drop: float | None = None,
+        margin: float = 0.0025,
     ):
         super().__init__()
+        if mode not in MODES:
+            raise TierkitError(
+                f"unknown pruning mode {mode!r}", where="callbacks.pruning.mode", fix=f"use one of {', '.join(MODES)}"
+            )
+        if mode == "budget" and (max_drop is None or not max_drop - margin > 0):
+            raise TierkitError(
+                f"budget pruning needs an accuracy budget above its margin; got max_drop={max_drop}, margin={margin}",
+                where="callbacks.pruning.max_drop (by default tier.budgets.max_drop_vs_teacher)",
+                fix="give the largest validation drop against the teacher as a positive fraction, e.g. 0.01",
+            )
         if not 0 < target < 1:
             raise TierkitError(
                 f"pruning target {target} is outside (0, 1)",
@@ -104,6 +119,10 @@ class StructuredPruning(Callback):
         # Set by fit_to_run: what changed so the schedule ends inside the run, for the run's record.
         self.fitted: str | None = None
         self.round_to, self.ignore = round_to, list(ignore)
+        self.mode, self.max_drop, self.margin = mode, max_drop, margin
+        # Budget mode: the student before the latest step (to roll back to), and why the schedule stopped early.
+        self.snapshot: dict[str, Any] | None = None
+        self.stopped: str | None = None
         self.steps_done = 0
         self.history: list[dict[str, Any]] = []
         # Output width of every prunable layer before pruning: each step's goal is relative to these,
@@ -168,6 +187,13 @@ class StructuredPruning(Callback):
         if trainer.max_epochs is not None and trainer.max_epochs > 0:
             self.fit_to_run(trainer.max_epochs)
         student, example = self._student_and_example(trainer, pl_module)
+        if self.mode == "budget" and getattr(pl_module, "teacher", None) is None:
+            raise TierkitError(
+                "budget pruning compares the student with the teacher on validation, but this run distils from no "
+                "teacher (distill.alpha=0)",
+                where="callbacks.pruning.mode",
+                fix="use callbacks.pruning.mode=fixed, or distil from a teacher",
+            )
         self.protected_layers(student, pl_module.num_classes)
         self._remember_widths(student)
         try:
@@ -188,9 +214,67 @@ class StructuredPruning(Callback):
         shape = trainer.datamodule.input_shape
         return pl_module.student, torch.zeros(1, *shape, device=pl_module.device)
 
+    def check_epoch(self) -> int | None:
+        """Budget mode: the epoch at whose start the last step's result is judged, one step's spacing after it."""
+        if not self.epochs:
+            return None
+        gap = self.epochs[-1] - self.epochs[-2] if len(self.epochs) > 1 else 1
+        return self.epochs[-1] + max(1, gap)
+
+    def within_budget(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        """Budget mode, at a step (or the check after the last one): does the student still meet the budget?
+        If not, roll back to the structure before the latest step, or keep the unpruned student, and stop.
+        Before the first validation there is nothing to judge, and pruning goes on."""
+        metrics = trainer.callback_metrics
+        if "val/teacher_acc" not in metrics or "val/acc" not in metrics:
+            return True
+        drop = float(metrics["val/teacher_acc"]) - float(metrics["val/acc"])
+        if drop <= self.max_drop - self.margin:
+            return True
+        reached = self.ratios[self.steps_done - 2] if self.steps_done >= 2 else 0.0
+        if self.steps_done == 0:
+            self.stopped = (
+                f"the unpruned student is already {100 * drop:.2f} points under the teacher on validation "
+                f"(budget {100 * self.max_drop:.2f}, margin {100 * self.margin:.2f}): it is kept unpruned"
+            )
+        else:
+            self.stopped = (
+                f"after pruning {100 * self.ratios[self.steps_done - 1]:.0f}% the student was {100 * drop:.2f} "
+                f"points under the teacher on validation (budget {100 * self.max_drop:.2f}, margin "
+                f"{100 * self.margin:.2f}): rolled back to {100 * reached:.0f}% and stopped"
+            )
+            self.restore(trainer, pl_module, reached)
+        log.warning("Budget pruning: %s", self.stopped)
+        return False
+
+    def restore(self, trainer: L.Trainer, pl_module: L.LightningModule, ratio: float) -> None:
+        """Put back the student saved before the latest step, and let training go on with it."""
+        student = pl_module.student
+        apply_structure(student, self.snapshot["structure"], self.snapshot["state"])
+        student.load_state_dict(self.snapshot["state"])
+        check_same_structure_on_all_ranks(trainer, student)
+        rewrap_distributed(trainer)
+        rebuild_optimizers(trainer)
+        forget_best_checkpoints(trainer)
+        _, example = self._student_and_example(trainer, pl_module)
+        self._log_step(trainer, pl_module, student, example, ratio)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.steps_done >= len(self.ratios) or trainer.current_epoch < self.epochs[self.steps_done]:
+        if self.stopped is not None:
             return
+        epoch = trainer.current_epoch
+        if self.mode == "budget" and self.steps_done == len(self.ratios) and epoch == self.check_epoch():
+            self.within_budget(trainer, pl_module)
+            return
+        if self.steps_done >= len(self.ratios) or epoch < self.epochs[self.steps_done]:
+            return
+        if self.mode == "budget":
+            if not self.within_budget(trainer, pl_module):
+                return
+            self.snapshot = {
+                "structure": describe_structure(pl_module.student),
+                "state": {k: v.detach().clone() for k, v in pl_module.student.state_dict().items()},
+            }
         student, example = self._student_and_example(trainer, pl_module)
         goal = self.ratios[self.steps_done]
         if self.importance == "taylor":
@@ -321,6 +405,8 @@ class StructuredPruning(Callback):
             "epochs": self.epochs,
             "history": self.history,
             "original_widths": self.original_widths,
+            "snapshot": self.snapshot,
+            "stopped": self.stopped,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -329,3 +415,4 @@ class StructuredPruning(Callback):
         self.steps_done = min(state_dict["steps_done"], len(self.ratios))
         self.history = state_dict.get("history", [])
         self.original_widths = state_dict.get("original_widths", self.original_widths)
+        self.snapshot, self.stopped = state_dict.get("snapshot"), state_dict.get("stopped")

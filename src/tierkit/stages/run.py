@@ -76,6 +76,8 @@ def run_recipe(cfg: DictConfig, ckpt_path: str | None, saved: dict[str, Any], st
             "steps_done": pruning.steps_done,
             "steps_planned": len(pruning.ratios),
             "schedule_fitted": pruning.fitted,
+            "mode": pruning.mode,
+            "stopped_early": pruning.stopped,
             "history": pruning.history,
         }
     if teacher is not None:
