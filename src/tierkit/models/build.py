@@ -94,14 +94,14 @@ def model_arguments(
     if width_multiplier is not None:
         name = config.get(WIDTH_ARG)
         if name is None:
-            log.info(
-                "%s's student width multiplier %s is not applied: %s names no width_multiplier_arg "
-                "(size students by pruning, or set %s.width_multiplier_arg to the argument that scales channels)",
-                width_from,
-                width_multiplier,
-                where,
-                where,
-            )
+            if where == "model.student":  # a rebuild from a checkpoint has nothing new to say
+                log.info(
+                    "%s's student width multiplier %s is not applied: model.student names no width_multiplier_arg "
+                    "(size students by pruning, or set model.student.width_multiplier_arg to the argument that "
+                    "scales channels)",
+                    width_from,
+                    width_multiplier,
+                )
         elif name in own:
             log.info(
                 "%s sets its own %s=%s; %s's width multiplier %s is not applied",

@@ -4,7 +4,9 @@ INT8 uses the layout ONNX Runtime fuses into integer kernels on x86 (QLinearConv
 QDQ format, per-channel signed weights, unsigned activations.
 """
 
+import contextlib
 import hashlib
+import io
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -115,6 +117,32 @@ def prepare_for_quantization(fp32_path: str | Path, out_path: Path) -> list[str]
     return layers
 
 
+def float_group(graph: onnx.GraphProto, layers: Sequence[str]) -> list[str]:
+    """``layers`` and every node that feeds only them (activation functions, gates, reshapes), back to the
+    previous weighted layers.
+
+    Leaving a layer in float only keeps its input unquantized when what computes that input stays float too: a
+    SwiGLU gate ``silu(W1 x) * (W3 x)`` quantized on its own would still round the heavy-tailed product before W2.
+    """
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.name)
+    constants = {init.name for init in graph.initializer}
+    group = set(layers)
+    frontier = [name for node in graph.node if node.name in group for name in node.input if name not in constants]
+    while frontier:
+        tensor = frontier.pop()
+        producer = producers.get(tensor)
+        if producer is None or producer.op_type in WEIGHTED_OPS or producer.name in group:
+            continue
+        if consumers.get(tensor, set()) <= group:
+            group.add(producer.name)
+            frontier += [name for name in producer.input if name and name not in constants]
+    return [node.name for node in graph.node if node.name in group]
+
+
 def check_method(method: str) -> None:
     if method not in CALIBRATION_METHODS:
         raise TierkitError(
@@ -137,24 +165,28 @@ def quantize_prepared(
 ) -> Path:
     """ONNX Runtime's static QDQ quantization of a model from ``prepare_for_quantization``, names kept.
 
-    ``float_layers`` stay in float (mixed precision); ``only_layers``, when given, are the only ones quantized.
+    ``float_layers`` stay in float with the nodes that feed only them (mixed precision, see ``float_group``);
+    ``only_layers``, when given, are the only ones quantized.
     """
     check_method(method)
-    input_name = onnx.load(str(prepared)).graph.input[0].name
-    quantize_static(
-        str(prepared),
-        str(out_path),
-        CalibrationBatches(samples, batch_size, input_name),
-        quant_format=QuantFormat.QDQ,
-        per_channel=per_channel,
-        reduce_range=reduce_range,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CALIBRATION_METHODS[method],
-        nodes_to_exclude=list(float_layers),
-        nodes_to_quantize=list(only_layers or []),
-        extra_options={"CalibTensorRangeSymmetric": False, "QuantizeBias": False},
-    )
+    graph = onnx.load(str(prepared)).graph
+    input_name = graph.input[0].name
+    # The histogram calibrators (percentile, entropy) print their progress to stdout.
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantize_static(
+            str(prepared),
+            str(out_path),
+            CalibrationBatches(samples, batch_size, input_name),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CALIBRATION_METHODS[method],
+            nodes_to_exclude=float_group(graph, float_layers) if float_layers else [],
+            nodes_to_quantize=list(only_layers or []),
+            extra_options={"CalibTensorRangeSymmetric": False, "QuantizeBias": False},
+        )
     return out_path
 
 
@@ -171,8 +203,8 @@ def quantize_int8(
     """Static INT8 (QDQ, per-channel weights, uint8 activations) calibrated on ``samples``.
 
     ``per_channel=False`` gives each weight tensor one scale: a few bytes smaller, but layers whose channels differ
-    in range (depthwise convolutions) lose precision. ``float_layers`` (names from ``label_layers``) stay in float:
-    mixed precision, for the layers whose quantization costs the most accuracy.
+    in range (depthwise convolutions) lose precision. ``float_layers`` (names from ``label_layers``) stay in float,
+    with the nodes that feed only them: mixed precision, for the layers whose quantization costs the most accuracy.
 
     The quantizer's output is compacted (short names, no metadata, no all-zero weight zero points): for a small student
     that overhead is a third of the file. Biases stay float, as in tierkit's QAT export: ONNX Runtime's

@@ -10,7 +10,7 @@ from tierkit.utils.files import atomic_write
 
 # A layer is sensitive when quantizing it alone, or leaving it in float, moves validation accuracy by at least this
 # much, and by at least SHARE of what INT8 costs the whole model.
-NOTICEABLE = 0.002
+NOTICEABLE = 0.005
 SHARE = 0.25
 
 

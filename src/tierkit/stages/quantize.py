@@ -22,7 +22,7 @@ from tierkit.onnxio.verify import float_compute_ops
 from tierkit.profile import ort_session
 from tierkit.prune import StructuredPruning
 from tierkit.quant.callback import QuantizationAwareTraining, check_freeze_after_activations
-from tierkit.quant.escalation import Recipe, escalate_ptq, step_record
+from tierkit.quant.escalation import Recipe, escalate_ptq, step_record, within_budget
 from tierkit.quant.layer_analysis import SensitivityReport, analyse_layers
 from tierkit.quant.ptq import calibration_samples, convert_fp16, quantize_int8, samples_digest
 from tierkit.quant.qdq import export_qat_onnx
@@ -162,7 +162,7 @@ def quantize_student(
     ptq_drop = report.ptq.drop
     configured = Recipe(calibration.method, bool(settings.per_channel))
     report.steps.append(scores_step("post-training", configured.describe(), report.ptq, budget))
-    missed = resume_qat is not None or ptq_drop > budget
+    missed = resume_qat is not None or not within_budget(ptq_drop, budget)
     analysis = layer_sensitivity(settings, fp32, datamodule, samples, reduce_range, student, folder, report, missed)
 
     if not missed:
@@ -228,7 +228,7 @@ def quantize_student(
     report.path = max(
         ("qat", "tuned", "ptq"), key=lambda key: getattr(report, key).val_acc if getattr(report, key) else -1
     )
-    report.budget_met = report.shipped().drop <= budget
+    report.budget_met = within_budget(report.shipped().drop, budget)
     missed_text = "" if report.budget_met else "BUDGET MISSED: "
     report.reason = (
         f"{missed_text}post-training INT8 lost {100 * ptq_drop:.2f} points on validation "
