@@ -269,7 +269,7 @@ class TeacherAhead(L.Callback):
             trainer.callback_metrics["val/teacher_acc"] = trainer.callback_metrics["val/acc"] + gap
 
 
-def _budget_run(gaps, start_epoch=1, end_epoch=3, steps=3, epochs=5):
+def _budget_run(gaps, start_epoch=1, end_epoch=3, steps=3, epochs=5, patience=0):
     student = SmallCNN(SHAPE, 4, width=0.5)
     pruning = StructuredPruning(
         target=0.6,
@@ -280,6 +280,7 @@ def _budget_run(gaps, start_epoch=1, end_epoch=3, steps=3, epochs=5):
         round_to=None,
         mode="budget",
         max_drop=0.02,
+        patience=patience,
     )
     _trainer(epochs, [pruning, TeacherAhead(gaps)], enable_checkpointing=False, num_sanity_val_steps=0).fit(
         _module(student), datamodule=_data()
@@ -305,6 +306,18 @@ def test_budget_pruning_keeps_a_student_that_misses_before_any_step_unpruned():
     student, pruning = _budget_run({0: 0.05})
     assert pruning.steps_done == 0 and "kept unpruned" in pruning.stopped
     assert describe_structure(student) == unpruned
+
+
+def test_budget_pruning_waits_for_a_student_that_recovers_and_goes_on():
+    _, pruning = _budget_run({1: 0.05}, patience=1)  # behind after step 1, caught up one epoch later
+    assert pruning.steps_done == 3 and pruning.stopped is None
+    assert [record["epoch"] for record in pruning.history] == [1, 3, 4]
+
+
+def test_budget_pruning_rolls_back_once_patience_runs_out():
+    _, pruning = _budget_run({2: 0.05, 3: 0.05}, patience=1)
+    assert pruning.steps_done == 2 and "after 1 epoch(s) of patience" in pruning.stopped
+    assert [record["event"] for record in pruning.history] == ["pruned", "pruned", "rolled back"]
 
 
 def test_budget_pruning_that_stays_within_budget_runs_the_whole_schedule():

@@ -77,6 +77,7 @@ class StructuredPruning(Callback):
         mode: str = "fixed",
         max_drop: float | None = None,
         margin: float = 0.0025,
+        patience: int = 3,
     ):
         super().__init__()
         if mode not in MODES:
@@ -119,9 +120,12 @@ class StructuredPruning(Callback):
         # Set by fit_to_run: what changed so the schedule ends inside the run, for the run's record.
         self.fitted: str | None = None
         self.round_to, self.ignore = round_to, list(ignore)
-        self.mode, self.max_drop, self.margin = mode, max_drop, margin
-        # Budget mode: the student before the latest step (to roll back to), and why the schedule stopped early.
+        self.mode, self.max_drop, self.margin, self.patience = mode, max_drop, margin, patience
+        # Budget mode: the student before the latest step (to roll back to), epochs waited for recovery, whether
+        # the last step has been judged, and why the schedule stopped early.
         self.snapshot: dict[str, Any] | None = None
+        self.waited = 0
+        self.checked_last = False
         self.stopped: str | None = None
         self.steps_done = 0
         self.history: list[dict[str, Any]] = []
@@ -222,26 +226,40 @@ class StructuredPruning(Callback):
         return self.epochs[-1] + max(1, gap)
 
     def within_budget(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
-        """Budget mode, at a step (or the check after the last one): does the student still meet the budget?
-        If not, roll back to the structure before the latest step, or keep the unpruned student, and stop.
-        Before the first validation there is nothing to judge, and pruning goes on."""
+        """Budget mode, when a step (or the check after the last one) is due: may pruning go on?
+
+        A student past the budget gets up to ``patience`` more epochs of recovery (the step waits); after that the
+        latest step is rolled back (an unpruned student stays unpruned) and pruning stops. Before the first
+        validation there is nothing to judge, and pruning goes on.
+        """
         metrics = trainer.callback_metrics
         if "val/teacher_acc" not in metrics or "val/acc" not in metrics:
             return True
         drop = float(metrics["val/teacher_acc"]) - float(metrics["val/acc"])
         if drop <= self.max_drop - self.margin:
+            self.waited = 0
             return True
-        reached = self.ratios[self.steps_done - 2] if self.steps_done >= 2 else 0.0
-        if self.steps_done == 0:
-            self.stopped = (
-                f"the unpruned student is already {100 * drop:.2f} points under the teacher on validation "
-                f"(budget {100 * self.max_drop:.2f}, margin {100 * self.margin:.2f}): it is kept unpruned"
+        if self.waited < self.patience:
+            self.waited += 1
+            log.info(
+                "Budget pruning: the student is %.2f points under the teacher on validation (allowed %.2f); "
+                "waiting for it to recover (%d/%d)",
+                100 * drop,
+                100 * (self.max_drop - self.margin),
+                self.waited,
+                self.patience,
             )
+            return False
+        reached = self.ratios[self.steps_done - 2] if self.steps_done >= 2 else 0.0
+        judged = f"{100 * drop:.2f} points under the teacher on validation after {self.patience} epoch(s) of patience"
+        allowed = f"(budget {100 * self.max_drop:.2f}, margin {100 * self.margin:.2f})"
+        if self.steps_done == 0:
+            self.stopped = f"the unpruned student is {judged} {allowed}: it is kept unpruned"
         else:
+            pruned = 100 * self.ratios[self.steps_done - 1]
             self.stopped = (
-                f"after pruning {100 * self.ratios[self.steps_done - 1]:.0f}% the student was {100 * drop:.2f} "
-                f"points under the teacher on validation (budget {100 * self.max_drop:.2f}, margin "
-                f"{100 * self.margin:.2f}): rolled back to {100 * reached:.0f}% and stopped"
+                f"after pruning {pruned:.0f}% the student was {judged} {allowed}: rolled back to "
+                f"{100 * reached:.0f}% and stopped"
             )
             self.restore(trainer, pl_module, reached)
         log.warning("Budget pruning: %s", self.stopped)
@@ -257,16 +275,17 @@ class StructuredPruning(Callback):
         rebuild_optimizers(trainer)
         forget_best_checkpoints(trainer)
         _, example = self._student_and_example(trainer, pl_module)
-        self._log_step(trainer, pl_module, student, example, ratio)
+        self._log_step(trainer, pl_module, student, example, ratio, event="rolled back")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.stopped is not None:
             return
         epoch = trainer.current_epoch
-        if self.mode == "budget" and self.steps_done == len(self.ratios) and epoch == self.check_epoch():
-            self.within_budget(trainer, pl_module)
+        if self.steps_done == len(self.ratios):
+            if self.mode == "budget" and not self.checked_last and self.epochs and epoch >= self.check_epoch():
+                self.checked_last = self.within_budget(trainer, pl_module)
             return
-        if self.steps_done >= len(self.ratios) or epoch < self.epochs[self.steps_done]:
+        if epoch < self.epochs[self.steps_done]:
             return
         if self.mode == "budget":
             if not self.within_budget(trainer, pl_module):
@@ -361,7 +380,13 @@ class StructuredPruning(Callback):
         nn.functional.cross_entropy(pl_module.student(x), y).backward()
 
     def _log_step(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, student: nn.Module, example: torch.Tensor, goal: float
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        student: nn.Module,
+        example: torch.Tensor,
+        goal: float,
+        event: str = "pruned",
     ) -> None:
         with torch.no_grad():
             macs, params = tp.utils.count_ops_and_params(student, example)
@@ -369,6 +394,7 @@ class StructuredPruning(Callback):
         removed = self.removed_fraction(student, pl_module.num_classes)
         record = {
             "step": self.steps_done,
+            "event": event,
             "epoch": trainer.current_epoch,
             "ratio": goal,
             "removed": removed,
@@ -380,11 +406,12 @@ class StructuredPruning(Callback):
         if not trainer.is_global_zero:
             return
         log.info(
-            "Pruning step %d/%d at epoch %d: %.1f%% of channels asked, %.1f%% removed after rounding to multiples "
-            "of %d; %s params, %s MACs",
+            "Pruning step %d/%d at epoch %d (%s): %.1f%% of channels asked, %.1f%% removed after rounding to "
+            "multiples of %d; %s params, %s MACs",
             self.steps_done,
             len(self.ratios),
             trainer.current_epoch,
+            event,
             100 * goal,
             100 * removed,
             self.round_to or 1,
@@ -406,6 +433,8 @@ class StructuredPruning(Callback):
             "history": self.history,
             "original_widths": self.original_widths,
             "snapshot": self.snapshot,
+            "waited": self.waited,
+            "checked_last": self.checked_last,
             "stopped": self.stopped,
         }
 
@@ -416,3 +445,4 @@ class StructuredPruning(Callback):
         self.history = state_dict.get("history", [])
         self.original_widths = state_dict.get("original_widths", self.original_widths)
         self.snapshot, self.stopped = state_dict.get("snapshot"), state_dict.get("stopped")
+        self.waited, self.checked_last = state_dict.get("waited", 0), state_dict.get("checked_last", False)
