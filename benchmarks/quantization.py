@@ -41,6 +41,7 @@ FORCED_QAT = (
     "~model.student.base_channels",
     "quantization.per_channel=false",
     "quantization.max_drop_vs_fp32=-1",
+    "quantization.escalation.enabled=false",
 )
 FILES = {"fp32": "fp32.onnx", "fp16": "fp16.onnx", "int8 PTQ": "int8_ptq.onnx", "int8 QAT": "int8_qat.onnx"}
 

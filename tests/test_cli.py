@@ -269,7 +269,7 @@ def test_a_two_task_slurm_job_shares_one_folder_one_teacher_and_one_ddp_fit(tmp_
     and the quantization stage (QAT forced) run in one process; the student's fit is DDP over both tasks."""
     job = 3000 + os.getpid() % 6000  # Lightning derives the rendezvous port from the job id
     args = [*TINY, *PRUNED, "trainer=ddp_cpu", "trainer.devices=2", "quantization=default"]
-    args += ["quantization.max_drop_vs_fp32=-1", "quantization.qat.epochs=3"]
+    args += ["quantization.max_drop_vs_fp32=-1", "quantization.escalation.enabled=false", "quantization.qat.epochs=3"]
     args += ["quantization.qat.callback.freeze_epoch=2"]
     tasks = [
         subprocess.Popen(

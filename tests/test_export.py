@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from tierkit.data import SyntheticDataModule
@@ -18,11 +18,16 @@ from tierkit.export.variants import Run, export_calibration, int8_weight_bits, v
 from tierkit.models import SmallCNN
 from tierkit.models.checkpoint import load_student
 from tierkit.onnxio import export_onnx
-from tierkit.onnxio.verify import check_onnx
+from tierkit.onnxio.verify import check_onnx, float_compute_ops
 from tierkit.profile import HardwareSetting, load_settings
 from tierkit.profile.memory import peak_memory_mib
 from tierkit.profile.operators import operator_profile
 from tierkit.profile.variants import profile_models
+from tierkit.quant import calibration_samples, quantize_int8
+from tierkit.quant.ptq import samples_digest
+from tierkit.run_folder import ModelSummary, OnnxScores, QuantizationReport, RunFolder, RunMetrics
+from tierkit.runtime import sha256_of
+from tierkit.utils.files import save_torch
 
 from conftest import CONFIG_DIR
 
@@ -328,3 +333,65 @@ def test_export_calibrates_as_the_run_did_unless_told_otherwise():
     trained = OmegaConf.create(CALIBRATION)
     asked = OmegaConf.create({"samples": None, "batch_size": None, "method": "percentile", "seed": None})
     assert export_calibration(asked, trained) == {**CALIBRATION, "method": "percentile"}
+
+
+TUNED = {"method": "percentile", "per_channel": False, "float_layers": ["gemm6"]}
+
+
+def _tuned_run(tmp_path) -> tuple[Run, DictConfig, SyntheticDataModule]:
+    """A run whose quantization stage shipped a tuned post-training model (its recipe is in the checkpoint)."""
+    shape = (1, 16, 16)
+    data = SyntheticDataModule(input_shape=list(shape), num_classes=4, mean=[0.5], std=[0.3], num_samples=64)
+    data.setup()
+    torch.manual_seed(0)
+    save_torch(tmp_path / "checkpoints" / "best.ckpt", {"tierkit": {"int8_path": "tuned", "int8_recipe": TUNED}})
+    quantization = {"per_channel": True, "calibration": CALIBRATION}
+    config = OmegaConf.create({"data": {"input_shape": list(shape)}, "quantization": quantization})
+    run = Run(tmp_path, SmallCNN(shape, 4, width=0.5).eval(), config, int8_path="tuned")
+    cfg = OmegaConf.create(
+        {
+            "checkpoint": "best",
+            "max_logit_difference": 1e-3,
+            "precisions": ["fp32", "int8"],
+            "calibration": {"samples": None, "batch_size": None, "method": None, "seed": None},
+            "int8_weight_bits": [8],
+            "per_channel": None,
+        }
+    )
+    return run, cfg, data
+
+
+def test_export_remakes_a_tuned_int8_model_with_the_recipe_the_run_shipped(tmp_path):
+    run, cfg, data = _tuned_run(tmp_path)
+    paths, facts = variant_files(run, run.student, cfg, tmp_path / "out", data)
+    int8 = facts["int8"]
+    assert int8["made_by"] == "export" and int8["int8_method"] == "tuned"
+    assert int8["float_layers"] == ["gemm6"] and int8["per_channel"] is False
+    assert int8["calibration"]["method"] == "percentile"
+    assert float_compute_ops(paths["int8"]) == ["Gemm"], "the classifier stays float, the convolutions integer"
+
+
+def test_export_ships_the_tuned_file_training_judged(tmp_path):
+    run, cfg, data = _tuned_run(tmp_path)
+    folder = RunFolder(tmp_path)
+    fp32 = export_onnx(run.student, folder.quantization / "fp32.onnx", (1, 16, 16))
+    samples = calibration_samples(data, CALIBRATION["samples"], CALIBRATION["batch_size"], CALIBRATION["seed"])
+    tuned = quantize_int8(
+        fp32, folder.quantization / "int8_tuned.onnx", samples, 16, "percentile", False, False, ["gemm6"]
+    )
+    report = QuantizationReport(
+        max_drop_vs_fp32=0.01,
+        reduce_range=False,
+        per_channel=True,
+        path="tuned",
+        source_checkpoint="checkpoints/best.ckpt",
+        calibration={**CALIBRATION, "sha256": samples_digest(samples)},
+        fp32=OnnxScores("fp32.onnx", fp32.stat().st_size, 0.9, 0.9, sha256=sha256_of(fp32)),
+        tuned=OnnxScores("int8_tuned.onnx", tuned.stat().st_size, 0.9, 0.9, sha256=sha256_of(tuned), recipe=TUNED),
+    )
+    student = ModelSummary("SmallCNN", 0.9, params=1, macs=1, size_bytes=1)
+    metrics = RunMetrics(tier="lowend", seed=0, epochs=1, student=student, checkpoints={}, quantization=report)
+    folder.write_metrics(metrics)
+    paths, facts = variant_files(run, run.student, cfg, tmp_path / "out", data)
+    assert facts["int8"]["made_by"] == "training" and facts["int8"]["training_file"] == "int8_tuned.onnx"
+    assert paths["int8"].read_bytes() == tuned.read_bytes()

@@ -199,6 +199,8 @@ QUANT = [
     "quantization.qat.callback.freeze_epoch=2",
     "quantization.calibration.samples=128",
 ]
+# A budget no INT8 model meets, with the cheaper post-training steps off: the run escalates straight to QAT.
+FORCE_QAT = ["quantization.max_drop_vs_fp32=-1", "quantization.escalation.enabled=false"]
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +208,7 @@ def escalated_run(tmp_path_factory):
     """A budget no INT8 model can meet (a negative drop) forces escalation to QAT."""
     root = tmp_path_factory.mktemp("qat")
     run = root / "outputs" / "escalated"
-    result = run_cli(root, *QUANT, "quantization.max_drop_vs_fp32=-1", f"hydra.run.dir={run}")
+    result = run_cli(root, *QUANT, *FORCE_QAT, f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-3000:]
     return root, run, json.loads((run / "metrics.json").read_text())["quantization"], result
 
@@ -261,7 +263,7 @@ def test_resume_mid_qat_continues_the_qat_stage(escalated_run):
     result = run_cli(
         root,
         *QUANT,
-        "quantization.max_drop_vs_fp32=-1",
+        *FORCE_QAT,
         "quantization.qat.epochs=4",
         f"ckpt_path={run / 'checkpoints' / 'qat' / 'last.ckpt'}",
         f"hydra.run.dir={resumed}",
@@ -367,7 +369,7 @@ def test_qat_inside_the_main_fit_exports_its_int8_model(tmp_path):
 @pytest.mark.slow
 def test_quantization_stage_after_a_ddp_fit_runs_on_rank_zero_alone(tmp_path):
     run = tmp_path / "outputs" / "ddp"
-    overrides = ["trainer=ddp_cpu", "trainer.max_epochs=2", "quantization.max_drop_vs_fp32=-1"]
+    overrides = ["trainer=ddp_cpu", "trainer.max_epochs=2", *FORCE_QAT]
     result = run_cli(tmp_path, *QUANT, *overrides, f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((run / "metrics.json").read_text())["quantization"]

@@ -35,6 +35,7 @@ RECIPE = [
     "callbacks.pruning.target=0.5",
     # A budget no INT8 model meets: the run always goes on to QAT.
     "quantization.max_drop_vs_fp32=-1",
+    "quantization.escalation.enabled=false",
     "quantization.qat.epochs=3",
     "quantization.qat.callback.freeze_epoch=2",
     "quantization.calibration.samples=128",

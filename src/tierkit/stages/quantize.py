@@ -172,7 +172,7 @@ def quantize_student(
             f"within the {100 * budget:.2f}-point budget"
         )
         return report
-    if resume_qat is None:
+    if resume_qat is None and settings.escalation.enabled:
         escalation = escalate_ptq(
             fp32,
             out / "int8_tuned.onnx",
@@ -265,7 +265,7 @@ def layer_sensitivity(
             fix=f"use one of {', '.join(ACCURACY_EFFECTS)}",
         )
     effects = wanted == "always" or (wanted == "when_missed" and missed)
-    for_mixed = missed and settings.escalation.max_float_layers > 0
+    for_mixed = missed and settings.escalation.enabled and settings.escalation.max_float_layers > 0
     if not settings.sensitivity.enabled and not for_mixed:
         return None
     calibration = settings.calibration
