@@ -83,6 +83,12 @@ class SensitivityReport:
         data["ranking"] = [entry.layer for entry in self.ranked()]
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SensitivityReport":
+        """A report read back from its JSON file (the ranking is recomputed, not read)."""
+        fields = {key: value for key, value in data.items() if key not in ("layers", "ranking")}
+        return cls(**fields, layers=[LayerSensitivity(**entry) for entry in data["layers"]])
+
 
 def quiet_session(path: Path, optimization: str = "ORT_ENABLE_ALL") -> ort.InferenceSession:
     options = ort.SessionOptions()
