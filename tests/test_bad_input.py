@@ -34,7 +34,7 @@ class Payload:
 @dataclass(frozen=True)
 class Case:
     shown: str  # the input as the README's table shows it
-    script: str  # train.py, export.py or runtime
+    script: str  # train.py, export.py, runtime or sensitivity
     args: tuple[str, ...]
     message: str
 
@@ -57,6 +57,24 @@ CASES = [
         "train.py",
         ("model.student._target_=tierkit.models.Nope",),
         "cannot import 'tierkit.models.Nope'",
+    ),
+    Case(
+        "python train.py tier.budgets.max_drop_vs_teacher=0",
+        "train.py",
+        ("tier.budgets.max_drop_vs_teacher=0",),
+        "tier.budgets.max_drop_vs_teacher=0 must be a positive number",
+    ),
+    Case(
+        "python train.py callbacks.pruning.mode=budget callbacks.pruning.max_drop=0.001",
+        "train.py",
+        ("callbacks.pruning.mode=budget", "callbacks.pruning.max_drop=0.001"),
+        "budget pruning needs an accuracy budget above its margin",
+    ),
+    Case(
+        "python -m tierkit.quant.sensitivity <export>/teacher/fp32.onnx",
+        "sensitivity",
+        ("{export}/teacher/fp32.onnx", "data=synthetic"),
+        "is not an INT8 model",
     ),
     Case(
         "python train.py data.batch_size=0",
@@ -274,6 +292,14 @@ def run_case(root: Path, case: Case, places: dict[str, Path], run_dir: Path) -> 
     if case.script == "runtime":
         return subprocess.run(
             [sys.executable, "-m", "tierkit.runtime", *args], cwd=root, capture_output=True, text=True, timeout=120
+        )
+    if case.script == "sensitivity":
+        return subprocess.run(
+            [sys.executable, "-m", "tierkit.quant.sensitivity", *args],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     if case.script == "export.py":
         return run_cli(root, *QUICK_PROFILE, *args, script="export.py")

@@ -23,6 +23,8 @@ from tierkit.cli.deprecated import apply_renamed_keys
 from tierkit.conf import CONFIG_DIR
 from tierkit.distill.module import check_distill_settings
 from tierkit.errors import TierkitError
+from tierkit.export.tiers import check_budget_values
+from tierkit.export.variants import tier_budgets
 from tierkit.quant.callback import check_qat_callback_schedule
 from tierkit.run_folder import RunFolder
 from tierkit.stages.finetune import finetune
@@ -112,6 +114,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path, saved, cfg = resolve_resume(cfg)
     apply_renamed_keys(cfg)  # a checkpoint from before the rename brings the old keys back
     check_distill_settings(**cfg.distill)
+    check_budget_values(tier_budgets(cfg.tier))
     check_qat_callback_schedule(cfg.get("callbacks"))
     if cfg.quantization.enabled:
         check_qat_schedule(cfg.quantization)
