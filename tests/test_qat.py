@@ -334,6 +334,10 @@ def test_qat_schedule_that_freezes_ranges_before_observing_them_is_refused(tmp_p
     callbacks = compose_train(tmp_path, *FAST, "callbacks=qat", "callbacks.qat.freeze_epoch=11").callbacks
     with pytest.raises(TierkitError, match="freeze_epoch to at least 12"):
         check_qat_callback_schedule(callbacks)
+    in_fit = compose_train(tmp_path, *FAST, "callbacks=qat", "trainer.max_epochs=5").callbacks
+    with pytest.raises(TierkitError, match=r"the run ends after trainer\.max_epochs=5"):
+        check_qat_callback_schedule(in_fit, max_epochs=5)
+    check_qat_callback_schedule(in_fit, max_epochs=25)
     with pytest.raises(TierkitError, match="equals freeze_epoch"):
         QuantizationAwareTraining(start_epoch=1, activations_epoch=2, freeze_epoch=2)
 

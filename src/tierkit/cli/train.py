@@ -115,7 +115,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     apply_renamed_keys(cfg)  # a checkpoint from before the rename brings the old keys back
     check_distill_settings(**cfg.distill)
     check_budget_values(tier_budgets(cfg.tier))
-    check_qat_callback_schedule(cfg.get("callbacks"))
+    check_qat_callback_schedule(cfg.get("callbacks"), cfg.trainer.get("max_epochs"))
     if cfg.quantization.enabled:
         check_qat_schedule(cfg.quantization)
     return run_recipe(cfg, ckpt_path, saved, started)
