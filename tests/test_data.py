@@ -15,6 +15,7 @@ from tierkit.data import (
     SyntheticDataModule,
 )
 from tierkit.errors import TierkitError
+from tierkit.quant import calibration_samples
 
 GREY = {"mean": [0.5], "std": [0.25]}
 RGB = {"mean": [0.5] * 3, "std": [0.25] * 3}
@@ -123,6 +124,40 @@ def test_image_folder_resizes_and_labels_by_sorted_folder(image_dir, channels):
     assert dm.class_names == ["cat", "dog", "owl"]
     assert sum(len(s) for s in dm.splits.values()) == 18
     assert dm.splits["train"][0][0].shape == (channels, 16, 16)
+
+
+def _folder(image_dir, lazy, **kwargs):
+    dm = ImageFolderDataModule(
+        root=str(image_dir), input_shape=[3, 16, 16], num_classes=3, val_size=3, test_size=3, lazy=lazy, **RGB, **kwargs
+    )
+    dm.setup()
+    return dm
+
+
+def test_a_lazy_image_folder_gives_the_splits_and_pixels_of_the_in_memory_one(image_dir):
+    eager, lazy = _folder(image_dir, lazy=False), _folder(image_dir, lazy=True)
+    for split in ("train", "val", "test"):
+        assert len(lazy.splits[split]) == len(eager.splits[split])
+        for i in range(len(eager.splits[split])):
+            lazy_image, lazy_label, index = lazy.splits[split][i]
+            eager_image, eager_label, _ = eager.splits[split][i]
+            assert index == i and int(lazy_label) == int(eager_label)
+            torch.testing.assert_close(lazy_image, eager_image)
+    assert not hasattr(lazy.splits["train"], "images"), "a lazy split holds file paths, not pixels"
+    np.testing.assert_array_equal(calibration_samples(lazy, 8, 4), calibration_samples(eager, 8, 4))
+
+
+def test_a_lazy_image_folder_decodes_in_workers_with_shift_and_augmentation(image_dir):
+    shift = {"rotation_deg": 30, "noise_std": 0.05, "seed": 3}
+    augment = {"crop_padding": 2, "hflip": True}
+    dm = _folder(image_dir, lazy=True, shift=shift, augment=augment, num_workers=2, batch_size=4)
+    batches = [batch for batch in dm.train_dataloader()]
+    assert sum(len(batch[1]) for batch in batches) == len(dm.splits["train"])
+    first, again = dm.splits["val"][0][0], dm.splits["val"][0][0]
+    torch.testing.assert_close(first, again)  # one image's shift is the same every time it is read
+    unshifted = _folder(image_dir, lazy=True).splits["val"][0][0]
+    assert not torch.allclose(first, unshifted)
+    assert dm.augments
 
 
 def test_image_folder_unreadable_image_names_the_file(image_dir):

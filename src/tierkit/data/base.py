@@ -182,15 +182,14 @@ class ArrayDataModule(L.LightningDataModule):
                 "train": train.subset(order[n_val:]),
                 "test": arrays["test"],
             }
-        if self.shift is not None:
-            streams = {"train": 0, "val": 1, "test": 2}
-            parts = {
-                name: Arrays(self.shift.apply(part.images, streams[name]), part.labels) for name, part in parts.items()
-            }
-        self.splits = {
-            name: IndexedTensorDataset((part.images - self.mean) / self.std, part.labels)
-            for name, part in parts.items()
-        }
+        streams = {"train": 0, "val": 1, "test": 2}
+        self.splits = {name: self.dataset(part, streams[name]) for name, part in parts.items()}
+
+    def dataset(self, part: Arrays, stream: int) -> Dataset:
+        """One split as a Dataset: in memory, shifted (``stream`` keeps the splits' random draws apart) and
+        normalised once."""
+        images = part.images if self.shift is None else self.shift.apply(part.images, stream)
+        return IndexedTensorDataset((images - self.mean) / self.std, part.labels)
 
     def _checked(self, arrays: Arrays, split: str) -> Arrays:
         shape = tuple(arrays.images.shape[1:])
@@ -208,14 +207,16 @@ class ArrayDataModule(L.LightningDataModule):
                 where=self.source,
                 fix="clean or drop those samples before training",
             )
-        labels = arrays.labels
+        self._check_labels(arrays.labels)
+        return Arrays(arrays.images.float(), arrays.labels.long())
+
+    def _check_labels(self, labels: torch.Tensor) -> None:
         if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise TierkitError(
                 f"labels span {int(labels.min())}..{int(labels.max())} but data.num_classes is {self.num_classes}",
                 where=self.source,
                 fix="set data.num_classes to the number of classes in the data",
             )
-        return Arrays(arrays.images.float(), labels.long())
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if not self.splits:

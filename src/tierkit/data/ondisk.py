@@ -2,10 +2,12 @@
 
 import gzip
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from tierkit.data.base import ArrayDataModule, Arrays
 from tierkit.data.fetch import dataset_files
@@ -204,21 +206,71 @@ class CIFAR10DataModule(ArrayDataModule):
         return {"train": Arrays(images, torch.cat([b.labels for b in train])), "test": test}
 
 
-class ImageFolderDataModule(ArrayDataModule):
-    """One sub-folder per class (sorted names give the label order); images resized to input_shape."""
+@dataclass
+class ImageFiles:
+    """An image folder as file paths and labels: what a lazy split holds instead of decoded pixels."""
 
-    def __init__(self, root: str, test_root: str | None = None, **kwargs):
+    paths: list[Path]
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> "ImageFiles":
+        return ImageFiles([self.paths[i] for i in index.tolist()], self.labels[index])
+
+
+def decode_image(path: Path, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """One image file as a float (C, H, W) tensor in [0, 1], converted to the channels and resized to the size of
+    ``input_shape``."""
+    from PIL import Image, UnidentifiedImageError
+
+    channels, height, width = input_shape
+    try:
+        with Image.open(path) as img:
+            array = np.asarray(img.convert({1: "L", 3: "RGB"}[channels]).resize((width, height)), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        message = f"cannot read image {path}: {exc}"
+        raise TierkitError(message, where=str(path), fix="remove or replace the file") from exc
+    return torch.from_numpy(array.reshape(height, width, channels).copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+class ImageFileDataset(Dataset):
+    """Decodes each image when it is asked for (in DataLoader workers when ``data.num_workers`` > 0), then shifts
+    and normalises it as the in-memory path does; yields (image, label, index) like IndexedTensorDataset."""
+
+    def __init__(self, files: ImageFiles, module: "ImageFolderDataModule", stream: int):
+        self.files, self.stream = files, stream
+        self.input_shape, self.mean, self.std, self.shift = module.input_shape, module.mean, module.std, module.shift
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        image = decode_image(self.files.paths[i], self.input_shape)
+        if self.shift is not None:
+            image = self.shift.apply(image[None], self.stream, item=i)[0]
+        return (image - self.mean) / self.std, self.files.labels[i], i
+
+
+class ImageFolderDataModule(ArrayDataModule):
+    """One sub-folder per class (sorted names give the label order); images resized to input_shape.
+
+    ``lazy=True`` keeps only the file list in memory and decodes images as batches are drawn (in DataLoader
+    workers), so memory stays flat however large the folder; the default decodes everything once, which is
+    faster for folders that fit in memory. Splits, shifts and augmentation are the same either way.
+    """
+
+    def __init__(self, root: str, test_root: str | None = None, lazy: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.root, self.test_root = root, test_root
+        self.root, self.test_root, self.lazy = root, test_root, lazy
         self.class_names: list[str] = []
 
     @property
     def source(self) -> str:
         return f"image folder {self.root}"
 
-    def _read(self, root: str, class_names: list[str] | None) -> tuple[Arrays, list[str]]:
-        from PIL import Image, UnidentifiedImageError
-
+    def _files(self, root: str, class_names: list[str] | None) -> tuple[ImageFiles, list[str]]:
         folder = existing_dir(root, "image")
         found = sorted(d.name for d in folder.iterdir() if d.is_dir())
         class_names = class_names or found
@@ -228,34 +280,37 @@ class ImageFolderDataModule(ArrayDataModule):
                 where="data.root" if class_names is found else "data.test_root",
                 fix="give every class its own sub-folder, with the same names in train and test roots",
             )
-        channels, height, width = self.input_shape
-        mode = {1: "L", 3: "RGB"}[channels]
-        images, labels = [], []
+        paths, labels = [], []
         for label, name in enumerate(class_names):
             for path in sorted((folder / name).iterdir()):
-                if path.suffix.lower() not in IMAGE_SUFFIXES:
-                    continue
-                try:
-                    with Image.open(path) as img:
-                        array = np.asarray(img.convert(mode).resize((width, height)), dtype=np.uint8)
-                except (UnidentifiedImageError, OSError) as exc:
-                    raise TierkitError(
-                        f"cannot read image {path}: {exc}",
-                        where=str(path),
-                        fix="remove or replace the file",
-                    ) from exc
-                images.append(array.reshape(height, width, channels))
-                labels.append(label)
-        if not images:
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    paths.append(path)
+                    labels.append(label)
+        if not paths:
             raise TierkitError(
                 f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}",
                 where="data.root",
                 fix="put image files in one sub-folder per class",
             )
-        tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
-        return Arrays(tensor, torch.tensor(labels)), class_names
+        return ImageFiles(paths, torch.tensor(labels)), class_names
 
-    def load(self) -> dict[str, Arrays]:
+    def _read(self, root: str, class_names: list[str] | None) -> tuple[Arrays | ImageFiles, list[str]]:
+        files, class_names = self._files(root, class_names)
+        if self.lazy:
+            return files, class_names
+        images = torch.stack([decode_image(path, self.input_shape) for path in files.paths])
+        return Arrays(images, files.labels), class_names
+
+    def _checked(self, part: Arrays | ImageFiles, split: str) -> Arrays | ImageFiles:
+        if isinstance(part, Arrays):
+            return super()._checked(part, split)
+        self._check_labels(part.labels)  # decoded images are resized to input_shape and always finite
+        return part
+
+    def dataset(self, part: Arrays | ImageFiles, stream: int) -> Dataset:
+        return ImageFileDataset(part, self, stream) if isinstance(part, ImageFiles) else super().dataset(part, stream)
+
+    def load(self) -> dict[str, Arrays | ImageFiles]:
         if self.input_shape[0] not in (1, 3):
             raise TierkitError(
                 f"image folders need 1 or 3 channels, data.input_shape has {self.input_shape[0]}",

@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -60,9 +61,16 @@ class DeviceShift:
             raise TierkitError("; ".join(problems), where="data.shift", fix="see conf/shift/camera.yaml for an example")
         return shift
 
-    def apply(self, images: torch.Tensor, stream: int = 0) -> torch.Tensor:
-        """Shift a batch of [0, 1] images (N, C, H, W); ``stream`` keeps splits' random draws apart."""
-        generator = torch.Generator().manual_seed(self.seed * 1000 + stream)
+    def apply(self, images: torch.Tensor, stream: int = 0, item: int | None = None) -> torch.Tensor:
+        """Shift a batch of [0, 1] images (N, C, H, W); ``stream`` keeps splits' random draws apart.
+
+        ``item`` gives one image read on its own (a lazy dataset) random draws of its own, the same every epoch.
+        """
+        if item is None:
+            seed = self.seed * 1000 + stream
+        else:
+            seed = int(np.random.SeedSequence([self.seed, stream, item]).generate_state(1)[0])
+        generator = torch.Generator().manual_seed(seed)
         out = images.float()
         if self.rotation_deg:
             angles = (torch.rand(len(out), generator=generator) * 2 - 1) * math.radians(self.rotation_deg)

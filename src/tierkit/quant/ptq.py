@@ -44,7 +44,7 @@ def calibration_samples(
         train = datamodule.splits["train"]
         _require_a_batch(num_samples, batch_size, len(train))
         index = np.random.default_rng(seed).choice(len(train), size=min(num_samples, len(train)), replace=False)
-        return train.images[np.sort(index)].numpy()
+        return torch.stack([train[int(i)][0] for i in np.sort(index)]).numpy()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         taken, available = [], 0
