@@ -67,14 +67,12 @@ class SensitivityReport:
     int8_file_val_acc: float | None = None
 
     def ranked(self) -> list[LayerSensitivity]:
-        """Most sensitive first: most accuracy won back in float, then most lost alone, then lowest output SQNR."""
+        """Most sensitive first: the larger of the accuracy a layer costs alone and the accuracy it wins back in
+        float, then the lowest output SQNR (which alone orders layers when accuracy effects were not measured)."""
 
-        def key(entry: LayerSensitivity) -> tuple[float, float, float]:
-            return (
-                -(entry.gain_left_float or 0.0),
-                -(entry.drop_alone or 0.0),
-                entry.output_sqnr_db if entry.output_sqnr_db is not None else math.inf,
-            )
+        def key(entry: LayerSensitivity) -> tuple[float, float]:
+            effect = max(entry.drop_alone or 0.0, entry.gain_left_float or 0.0)
+            return -effect, entry.output_sqnr_db if entry.output_sqnr_db is not None else math.inf
 
         return sorted(self.layers, key=key)
 
