@@ -230,10 +230,11 @@ def quantize_student(
     )
     report.budget_met = within_budget(report.shipped().drop, budget)
     missed_text = "" if report.budget_met else "BUDGET MISSED: "
+    tuned = f", {100 * best_drop:.2f} after calibration and mixed precision" if report.tuned is not None else ""
     report.reason = (
         f"{missed_text}post-training INT8 lost {100 * ptq_drop:.2f} points on validation "
-        f"(budget {100 * budget:.2f}), {100 * best_drop:.2f} at best after calibration and mixed precision; "
-        f"after QAT the drop is {100 * report.qat.drop:.2f} points, so {report.path.upper()} ships"
+        f"(budget {100 * budget:.2f}){tuned}; after QAT the drop is {100 * report.qat.drop:.2f} points, "
+        f"so {report.path.upper()} ships"
     )
     if not report.budget_met:
         log.warning("%s", report.reason)
