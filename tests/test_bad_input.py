@@ -77,6 +77,12 @@ CASES = [
         "is not an INT8 model",
     ),
     Case(
+        "python train.py +model.student.width=-1",
+        "train.py",
+        ("+model.student.width=-1",),
+        "width=-1 is not a positive channel multiplier",
+    ),
+    Case(
         "python train.py data.batch_size=0",
         "train.py",
         ("data.batch_size=0",),

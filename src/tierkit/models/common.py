@@ -9,6 +9,12 @@ from tierkit.errors import TierkitError
 
 def scaled_channels(base: int, width: float, divisor: int = 4) -> int:
     """Scale a channel count by ``width``, rounded to a multiple of ``divisor`` (never below it)."""
+    if not (isinstance(width, int | float) and 0 < width < float("inf")):
+        raise TierkitError(
+            f"width={width} is not a positive channel multiplier: a zoo model scales every layer by it",
+            where="model.teacher.width, model.student.width or tier.student_width",
+            fix="use a positive number (1.0 is the full model, 0.5 half the channels)",
+        )
     return max(divisor, int(base * width + divisor / 2) // divisor * divisor)
 
 
