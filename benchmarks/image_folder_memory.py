@@ -58,9 +58,9 @@ def peak_rss(folder: Path, side: int, lazy: bool, out: Path) -> tuple[float, flo
         "~callbacks.pruning",
         "~callbacks.progress",
         "trainer.max_epochs=1",
-        "trainer.limit_train_batches=20",
-        "trainer.limit_val_batches=5",
-        "trainer.limit_test_batches=5",
+        "+trainer.limit_train_batches=20",
+        "+trainer.limit_val_batches=5",
+        "+trainer.limit_test_batches=5",
         "logger=csv",
         f"hydra.run.dir={out}",
     ]
