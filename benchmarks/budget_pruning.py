@@ -7,7 +7,7 @@ One teacher (trained once, cached in the scratch folder), then the tier's studen
 student asked for (`scratch`: the width-scaled student; `from_teacher`: the teacher pruned to the tier's size).
 Reported per run: the share of channels pruning removed, why it stopped, parameters, test accuracy, the drop
 against the teacher and the tier verdict each run ended with (accuracy, size and latency budgets, measured on
-this machine). Writes benchmarks/results/budget_pruning.{json,md}.
+this machine). Writes benchmarks/results/budget_pruning_<data>.{json,md}.
 """
 
 import argparse
@@ -90,7 +90,7 @@ def main() -> None:
         )
     teacher = rows[0]["teacher_test_acc"]
     lines += ["", f"Teacher test accuracy {100 * teacher:.2f}%; data {args.data}, tier {args.tier}, seed {args.seed}."]
-    save_results("budget_pruning", {"command": command, "rows": rows}, lines)
+    save_results(f"budget_pruning_{args.data}", {"command": command, "rows": rows}, lines)
 
 
 if __name__ == "__main__":
