@@ -155,8 +155,11 @@ def test_every_job_logs_its_own_grouped_wandb_run_with_stages_table_and_onnx_art
         row = dict(zip(table["columns"], table["data"][0], strict=True))
         assert row["tier"] == tier and row["params"] == metrics["student"]["params"]
         assert row["int8_path"] == "ptq" and row["int8_bytes"] == metrics["quantization"]["ptq"]["bytes"]
+        assert {"verdict/passed", "verdict/checks/size/value"} <= keys
+        assert list(job.glob("wandb/offline-run-*/files/media/images/quantization/sensitivity_*.png"))
         onnx = artifacts(records)[f"train-{tier}-onnx"]
-        assert onnx == ["fp16.onnx", "fp32.onnx", "int8_ptq.onnx"]
+        report = ["sensitivity.json", "sensitivity.md", "sensitivity.png"]
+        assert onnx == ["fp16.onnx", "fp32.onnx", "int8_ptq.onnx", *report]
     assert runs[0].run_group == runs[1].run_group == "debug-multirun_tiers", "one group per sweep"
     assert runs[0].run_id != runs[1].run_id
 

@@ -1,9 +1,10 @@
 """Experiment tracking beyond Lightning's own metrics: each stage's results, and Weights & Biases extras.
 
-Every logger gets each stage's numbers (``student/``, ``teacher/``, ``quantization/``, ``finetune/``). A W&B run
-also gets a results table, the run's ONNX files as an artifact and its summary strings (which INT8 path shipped
-and why). ``python export.py wandb.enabled=true`` logs one run per export. wandb is imported only when a W&B
-run exists, so runs without it never pay for the import.
+Every logger gets each stage's numbers (``student/``, ``teacher/``, ``quantization/``, ``finetune/``, ``verdict/``).
+A W&B run also gets a results table, the run's ONNX files and INT8 sensitivity report as an artifact (the report's
+chart as an image) and its summary strings (which INT8 path shipped and why). ``python export.py
+wandb.enabled=true`` logs one run per export. wandb is imported only when a W&B run exists, so runs without it
+never pay for the import.
 """
 
 import sys
@@ -120,7 +121,10 @@ def log_run_results(loggers: Sequence[Logger], metrics: RunMetrics, folder: RunF
     run, row = runs[0], results_row(metrics)
     run.summary.update(stage_values(data))
     run.log({"results": wandb.Table(columns=list(RESULT_COLUMNS), data=[[row[c] for c in RESULT_COLUMNS]])})
-    files = sorted(folder.quantization.glob("*.onnx"))
+    chart = folder.quantization / "sensitivity.png"
+    if chart.is_file():
+        run.log({"quantization/sensitivity": wandb.Image(str(chart))})
+    files = sorted(folder.quantization.glob("*.onnx")) + sorted(folder.quantization.glob("sensitivity.*"))
     if files:
         artifact = wandb.Artifact(f"{row['stage']}-{row['tier']}-onnx", type="model", metadata=row)
         for file in files:
