@@ -7,6 +7,7 @@ Quantization-aware training, the expensive step (c), is the quantization stage's
 recorded, so the run can say what each step bought and what it cost in size.
 """
 
+import itertools
 import logging
 import shutil
 import tempfile
@@ -104,7 +105,7 @@ def escalate_ptq(
     to ``out_path`` when it beats ``start``. ``ranking`` is the sensitivity analysis's order, most sensitive first."""
     steps: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="tierkit-escalate-") as scratch:
-        counter = iter(range(1_000_000))
+        counter = itertools.count()
 
         def measure(recipe: Recipe, step: str) -> Candidate:
             path = Path(scratch) / f"candidate{next(counter)}.onnx"
