@@ -82,6 +82,10 @@ LATENCY = {  # highend-fp32 also has a CUDA row, measured where a GPU was presen
 
 @pytest.fixture
 def export(tmp_path) -> Path:
+    return write_export(tmp_path)
+
+
+def write_export(tmp_path: Path) -> Path:
     """An export folder with four real ONNX files and a schema v1 manifest.json; returns the manifest's path."""
     variants = []
     for name, tier, precision, accuracy, ships, memory, cores, peak, seed in VARIANTS:

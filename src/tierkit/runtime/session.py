@@ -69,7 +69,8 @@ def open_session(manifest_path: str | Path, selection: Selection) -> ort.Inferen
 
 
 def predict(session: ort.InferenceSession, inputs: np.ndarray) -> np.ndarray:
-    """Logits of shape (batch, num_classes); refuses a batch whose shape or dtype the model does not take."""
+    """Logits of shape (batch, num_classes); refuses a batch whose shape or dtype the model does not take, an empty
+    batch, and samples with NaN or infinite values."""
     spec = session.get_inputs()[0]
     inputs = np.asarray(inputs)
     want = ", ".join(map(str, spec.shape[1:]))
@@ -84,5 +85,13 @@ def predict(session: ort.InferenceSession, inputs: np.ndarray) -> np.ndarray:
         name = np.dtype(dtype).name
         raise ValueError(
             f"input has dtype {inputs.dtype}, but the model takes {name}. Fix: convert it with x.astype('{name}')"
+        )
+    if len(inputs) == 0:
+        raise ValueError(f"input is an empty batch, shape {inputs.shape}. Fix: pass at least one sample")
+    finite = np.isfinite(inputs.reshape(len(inputs), -1)).all(axis=1)
+    if not finite.all():
+        raise ValueError(
+            f"input sample {int(np.argmin(finite))} holds NaN or infinite values ({int((~finite).sum())} such "
+            "samples): the model's answer for them would be meaningless. Fix: clean or drop those samples"
         )
     return session.run(None, {spec.name: inputs})[0]
