@@ -209,9 +209,10 @@ def test_killed_export_leaves_no_manifest_and_a_rerun_completes_it(reference):
 
 
 def without_volatile(value, run: Path):
-    """metrics.json minus what differs between identical runs: wall time and the run's own paths."""
+    """metrics.json minus what differs between identical runs: wall time, the tier verdict (it times the models)
+    and the run's own paths."""
     if isinstance(value, dict):
-        return {k: without_volatile(v, run) for k, v in value.items() if k != "train_seconds"}
+        return {k: without_volatile(v, run) for k, v in value.items() if k not in ("train_seconds", "verdict")}
     if isinstance(value, list):
         return [without_volatile(v, run) for v in value]
     return value.replace(str(run), "<run>") if isinstance(value, str) else value

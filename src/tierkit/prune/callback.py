@@ -439,8 +439,17 @@ class StructuredPruning(Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("ratios") != self.ratios or state_dict.get("epochs") != self.epochs:
-            log.warning("Resuming with a different pruning schedule than the checkpoint's; steps done so far are kept")
+        saved = state_dict.get("ratios"), state_dict.get("epochs")
+        if saved[0] is not None and saved != (self.ratios, self.epochs):
+            # The run committed to its schedule (fitted to its own trainer.max_epochs); a resume finishes that one.
+            log.warning(
+                "Resuming with the checkpoint's pruning schedule (epochs %s, shares %s), not this config's (%s, %s)",
+                saved[1],
+                [round(r, 3) for r in saved[0]],
+                self.epochs,
+                [round(r, 3) for r in self.ratios],
+            )
+            self.ratios, self.epochs = list(saved[0]), list(saved[1])
         self.steps_done = min(state_dict["steps_done"], len(self.ratios))
         self.history = state_dict.get("history", [])
         self.original_widths = state_dict.get("original_widths", self.original_widths)
