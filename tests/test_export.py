@@ -238,6 +238,21 @@ def test_an_invalid_onnx_file_is_refused_with_its_path(tmp_path, small_models):
 CALIBRATION = {"samples": 32, "batch_size": 16, "method": "minmax", "seed": 0}
 
 
+def _export_cfg(int8_weight_bits: list[int], per_channel: bool | None) -> DictConfig:
+    """The export settings variant_files reads, calibrating as each run did."""
+    return OmegaConf.create(
+        {
+            "checkpoint": "best",
+            "max_logit_difference": 1e-3,
+            "precisions": ["fp32", "int8"],
+            "calibration": {"samples": None, "batch_size": None, "method": None, "seed": None},
+            "int8_weight_bits": int8_weight_bits,
+            "reduce_range": None,
+            "per_channel": per_channel,
+        }
+    )
+
+
 @pytest.mark.parametrize(
     ("trained", "override", "expected"), [(False, None, False), (False, True, True), (True, None, True)]
 )
@@ -252,16 +267,7 @@ def test_ptq_export_quantizes_weights_as_the_run_did_unless_told_otherwise(tmp_p
         SmallCNN(shape, 4, width=0.5).eval(),
         OmegaConf.create({"data": {"input_shape": list(shape)}, "quantization": quantization}),
     )
-    cfg = OmegaConf.create(
-        {
-            "checkpoint": "best",
-            "max_logit_difference": 1e-3,
-            "precisions": ["fp32", "int8"],
-            "calibration": {"samples": None, "batch_size": None, "method": None, "seed": None},
-            "int8_weight_bits": [8],
-            "per_channel": override,
-        }
-    )
+    cfg = _export_cfg([8], per_channel=override)
     paths, facts = variant_files(run, run.student, cfg, tmp_path / "out", data)
     assert facts["int8"]["per_channel"] is expected
     graph = onnx.load(str(paths["int8"])).graph
@@ -305,17 +311,7 @@ def test_export_writes_both_weight_ranges_with_their_cpu_facts(tmp_path):
     quantization = {"per_channel": True, "calibration": CALIBRATION}
     config = OmegaConf.create({"data": {"input_shape": list(shape)}, "quantization": quantization})
     run = Run(tmp_path, SmallCNN(shape, 4, width=0.5).eval(), config)
-    cfg = OmegaConf.create(
-        {
-            "checkpoint": "best",
-            "max_logit_difference": 1e-3,
-            "precisions": ["fp32", "int8"],
-            "calibration": {"samples": None, "batch_size": None, "method": None, "seed": None},
-            "int8_weight_bits": [8, 7],
-            "reduce_range": None,
-            "per_channel": None,
-        }
-    )
+    cfg = _export_cfg([8, 7], per_channel=None)
     paths, facts = variant_files(run, run.student, cfg, tmp_path / "out", data)
     assert set(paths) == {"fp32", "int8", "int8_w7"}
     assert [facts["int8"]["reduce_range"], facts["int8_w7"]["reduce_range"]] == [False, True]
@@ -348,16 +344,7 @@ def _tuned_run(tmp_path) -> tuple[Run, DictConfig, SyntheticDataModule]:
     quantization = {"per_channel": True, "calibration": CALIBRATION}
     config = OmegaConf.create({"data": {"input_shape": list(shape)}, "quantization": quantization})
     run = Run(tmp_path, SmallCNN(shape, 4, width=0.5).eval(), config, int8_path="tuned")
-    cfg = OmegaConf.create(
-        {
-            "checkpoint": "best",
-            "max_logit_difference": 1e-3,
-            "precisions": ["fp32", "int8"],
-            "calibration": {"samples": None, "batch_size": None, "method": None, "seed": None},
-            "int8_weight_bits": [8],
-            "per_channel": None,
-        }
-    )
+    cfg = _export_cfg([8], per_channel=None)
     return run, cfg, data
 
 

@@ -102,8 +102,8 @@ def sqnr_db(signal_power: float, noise_power: float) -> float:
     return 10 * math.log10(max(signal_power, 1e-30) / noise_power)
 
 
-def weighted_layers(prepared: Path) -> list[onnx.NodeProto]:
-    return [node for node in onnx.load(str(prepared)).graph.node if node.op_type in WEIGHTED_OPS]
+def weighted_layers(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    return [node for node in graph.node if node.op_type in WEIGHTED_OPS]
 
 
 def layer_outputs(graph: onnx.GraphProto, node: onnx.NodeProto, hops: int = 3) -> list[str]:
@@ -125,10 +125,9 @@ def layer_outputs(graph: onnx.GraphProto, node: onnx.NodeProto, hops: int = 3) -
     return names
 
 
-def weight_shapes(prepared: Path) -> dict[str, list[int]]:
-    model = onnx.load(str(prepared))
-    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
-    return {node.name: shapes.get(node.input[1], []) for node in model.graph.node if node.op_type in WEIGHTED_OPS}
+def weight_shapes(graph: onnx.GraphProto) -> dict[str, list[int]]:
+    shapes = {init.name: list(init.dims) for init in graph.initializer}
+    return {node.name: shapes.get(node.input[1], []) for node in weighted_layers(graph)}
 
 
 def output_sqnrs(float_path: Path, int8_path: Path, samples: np.ndarray, batch_size: int) -> dict[str, float]:
@@ -238,12 +237,12 @@ def analyse_layers(
         report = SensitivityReport(
             model=str(fp32_path), float_val_acc=val_acc(prepared), int8_val_acc=val_acc(int8), settings=settings
         )
-        shapes = weight_shapes(prepared)
+        graph = onnx.load(str(prepared)).graph
+        shapes = weight_shapes(graph)
         modules = torch_module_names(module, shapes) if module is not None else {}
         weights = weight_sqnrs(prepared, int8)
         outputs = output_sqnrs(prepared, int8, samples, batch_size)
-        graph = onnx.load(str(prepared)).graph
-        for node in weighted_layers(prepared):
+        for node in weighted_layers(graph):
             report.layers.append(
                 LayerSensitivity(
                     layer=node.name,

@@ -162,8 +162,12 @@ def quantize_student(
     ptq_drop = report.ptq.drop
     configured = Recipe(calibration.method, bool(settings.per_channel))
     report.steps.append(scores_step("post-training", configured.describe(), report.ptq, budget))
-    missed = resume_qat is not None or not within_budget(ptq_drop, budget)
-    analysis = layer_sensitivity(settings, fp32, datamodule, samples, reduce_range, student, folder, report, missed)
+    ptq_missed = not within_budget(ptq_drop, budget)
+    missed = resume_qat is not None or ptq_missed
+    escalates = ptq_missed and resume_qat is None and settings.escalation.enabled
+    analysis = layer_sensitivity(
+        settings, fp32, datamodule, samples, reduce_range, student, folder, report, ptq_missed, escalates
+    )
 
     if not missed:
         report.budget_met = True
@@ -172,7 +176,7 @@ def quantize_student(
             f"within the {100 * budget:.2f}-point budget"
         )
         return report
-    if resume_qat is None and settings.escalation.enabled:
+    if escalates:
         escalation = escalate_ptq(
             fp32,
             out / "int8_tuned.onnx",
@@ -255,9 +259,11 @@ def layer_sensitivity(
     folder: RunFolder,
     report: QuantizationReport,
     missed: bool,
+    escalates: bool,
 ) -> SensitivityReport | None:
-    """The per-layer report, written to ``quantization/sensitivity.*`` when enabled; with accuracy effects when the
-    budget was missed (mixed precision ranks layers by them) or when asked for."""
+    """The per-layer report, written to ``quantization/sensitivity.*`` when enabled; with accuracy effects when
+    post-training INT8 ``missed`` its budget or when asked for, and whenever the run ``escalates`` to mixed precision
+    (which ranks layers by them)."""
     wanted = settings.sensitivity.accuracy_effects
     if wanted not in ACCURACY_EFFECTS:
         raise TierkitError(
@@ -266,7 +272,7 @@ def layer_sensitivity(
             fix=f"use one of {', '.join(ACCURACY_EFFECTS)}",
         )
     effects = wanted == "always" or (wanted == "when_missed" and missed)
-    for_mixed = missed and settings.escalation.enabled and settings.escalation.max_float_layers > 0
+    for_mixed = escalates and settings.escalation.max_float_layers > 0
     if not settings.sensitivity.enabled and not for_mixed:
         return None
     calibration = settings.calibration
