@@ -2,6 +2,7 @@
 
 Rooms (the folders of src/tierkit, and its top-level modules) sit on floors; a room imports only rooms on lower
 floors. The runtime sits on the ground floor and imports nothing else of tierkit, so it installs on a device alone.
+The config schema (conf) checks values with tierkit's one error type, so it sits just above it.
 """
 
 import ast
@@ -9,7 +10,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tierkit"
 FLOORS = [
-    {"errors", "runtime", "conf"},
+    {"errors", "runtime"},
+    {"conf"},
     {"utils"},
     {"run_folder"},
     {"data", "models"},

@@ -62,7 +62,7 @@ CASES = [
         "python train.py tier.budgets.max_drop_vs_teacher=0",
         "train.py",
         ("tier.budgets.max_drop_vs_teacher=0",),
-        "tier.budgets.max_drop_vs_teacher=0 must be a positive number",
+        "tier.budgets.max_drop_vs_teacher=0 must be positive, set by the command line",
     ),
     Case(
         "python train.py callbacks.pruning.mode=budget callbacks.pruning.max_drop=0.001",
@@ -80,13 +80,13 @@ CASES = [
         "python train.py +model.student.width=-1",
         "train.py",
         ("+model.student.width=-1",),
-        "width=-1 is not a positive channel multiplier",
+        "model.student.width=-1 must be positive, set by the command line",
     ),
     Case(
         "python train.py data.batch_size=0",
         "train.py",
         ("data.batch_size=0",),
-        "data.batch_size=0 is not a positive number of samples",
+        "data.batch_size=0 must be at least 1, set by the command line",
     ),
     Case(
         "python train.py student=from_teacher ~callbacks.pruning",
@@ -116,13 +116,26 @@ CASES = [
         "python train.py callbacks.pruning.target=1.5",
         "train.py",
         ("callbacks.pruning.target=1.5",),
-        "pruning target 1.5 is outside (0, 1)",
+        "callbacks.pruning.target=1.5 is outside (0, 1)",
     ),
+    Case(
+        "python train.py distill.temperature=hot",
+        "train.py",
+        ("distill.temperature=hot",),
+        "distill.temperature=hot is not of type float, set by the command line",
+    ),
+    Case(
+        "python train.py +tier.budgets.max_size_kb=64",
+        "train.py",
+        ("+tier.budgets.max_size_kb=64",),
+        "tier.budgets.max_size_kb is not a tierkit setting, set by the command line",
+    ),
+    Case("python train.py data=lightning", "train.py", ("data=lightning",), "data.module._target_ is not set"),
     Case(
         "python train.py callbacks.pruning.schedule=zigzag",
         "train.py",
         ("callbacks.pruning.schedule=zigzag",),
-        "unknown pruning schedule 'zigzag'",
+        "unknown callbacks.pruning.schedule 'zigzag'",
     ),
     Case(
         "python train.py quantization=default quantization.calibration.samples=8",

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from tierkit.conf.validate import check_qat_stage, validate_train_config
 from tierkit.errors import TierkitError
 from tierkit.models import MLP, CifarResNet, MobileNetV2, SmallCNN
 from tierkit.models.checkpoint import load_student
@@ -23,10 +24,9 @@ from tierkit.models.qat import (
 from tierkit.onnxio import export_onnx
 from tierkit.onnxio.verify import float_compute_ops
 from tierkit.profile import ort_session
-from tierkit.quant.callback import QuantizationAwareTraining, check_qat_callback_schedule, require_observed_ranges
+from tierkit.quant.callback import QuantizationAwareTraining, require_observed_ranges
 from tierkit.quant.qdq import export_qat_onnx, fold_batch_norm
 from tierkit.runtime.cpu import needs_reduced_range
-from tierkit.stages.quantize import check_qat_schedule
 
 from conftest import FAST, compose_train, run_cli
 
@@ -324,20 +324,22 @@ def test_pruning_that_overlaps_qat_is_refused_before_training(tmp_path):
 def test_qat_schedule_longer_than_the_stage_is_refused(tmp_path):
     cfg = compose_train(tmp_path, *QUANT, "quantization.qat.epochs=1")
     with pytest.raises(TierkitError, match="activations are only quantized from epoch"):
-        check_qat_schedule(cfg.quantization)
+        check_qat_stage(cfg.quantization)
+    with pytest.raises(TierkitError, match="activations are only quantized from epoch"):
+        validate_train_config(cfg)
 
 
 def test_qat_schedule_that_freezes_ranges_before_observing_them_is_refused(tmp_path):
     cfg = compose_train(tmp_path, *QUANT, "quantization.qat.callback.activations_epoch=2")
     with pytest.raises(TierkitError, match="freezes activation ranges at epoch 2"):
-        check_qat_schedule(cfg.quantization)
-    callbacks = compose_train(tmp_path, *FAST, "callbacks=qat", "callbacks.qat.freeze_epoch=11").callbacks
+        check_qat_stage(cfg.quantization)
+    late_freeze = compose_train(tmp_path, *FAST, "callbacks=qat", "callbacks.qat.freeze_epoch=11")
     with pytest.raises(TierkitError, match="freeze_epoch to at least 12"):
-        check_qat_callback_schedule(callbacks)
-    in_fit = compose_train(tmp_path, *FAST, "callbacks=qat", "trainer.max_epochs=5").callbacks
+        validate_train_config(late_freeze)
+    short = compose_train(tmp_path, *FAST, "callbacks=qat", "trainer.max_epochs=5")
     with pytest.raises(TierkitError, match=r"the run ends after trainer\.max_epochs=5"):
-        check_qat_callback_schedule(in_fit, max_epochs=5)
-    check_qat_callback_schedule(in_fit, max_epochs=25)
+        validate_train_config(short)
+    validate_train_config(compose_train(tmp_path, *FAST, "callbacks=qat", "trainer.max_epochs=25"))
     with pytest.raises(TierkitError, match="equals freeze_epoch"):
         QuantizationAwareTraining(start_epoch=1, activations_epoch=2, freeze_epoch=2)
 

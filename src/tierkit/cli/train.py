@@ -21,14 +21,10 @@ import tierkit.utils.resolvers  # noqa: F401  (registers the config resolvers)
 from tierkit.cli import import_from_working_folder
 from tierkit.cli.deprecated import apply_renamed_keys
 from tierkit.conf import CONFIG_DIR
-from tierkit.distill.module import check_distill_settings
+from tierkit.conf.validate import validate_train_config
 from tierkit.errors import TierkitError
-from tierkit.export.tiers import check_budget_values
-from tierkit.export.variants import tier_budgets
-from tierkit.quant.callback import check_qat_callback_schedule
 from tierkit.run_folder import RunFolder
 from tierkit.stages.finetune import finetune
-from tierkit.stages.quantize import check_qat_schedule
 from tierkit.stages.run import run_recipe
 from tierkit.tracking import finishing_wandb_run
 from tierkit.utils.files import load_torch
@@ -95,16 +91,11 @@ def resolve_resume(cfg: DictConfig) -> tuple[str | None, dict[str, Any], DictCon
     return str(path), saved, cfg
 
 
-STAGES = ("train", "finetune")
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole recipe for one config (or fine-tune a finished run) and return metrics.json's content."""
     apply_renamed_keys(cfg)
-    stage = cfg.get("stage", "train")
-    if stage not in STAGES:
-        raise TierkitError(f"unknown stage {stage!r}", where="stage", fix=f"use one of {', '.join(STAGES)}")
-    if stage == "finetune":
+    validate_train_config(cfg)
+    if cfg.get("stage", "train") == "finetune":
         return finetune(cfg)
     if cfg.get("from_run"):
         raise TierkitError(
@@ -112,12 +103,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
     started = time.perf_counter()
     ckpt_path, saved, cfg = resolve_resume(cfg)
-    apply_renamed_keys(cfg)  # a checkpoint from before the rename brings the old keys back
-    check_distill_settings(**cfg.distill)
-    check_budget_values(tier_budgets(cfg.tier))
-    check_qat_callback_schedule(cfg.get("callbacks"), cfg.trainer.get("max_epochs"))
-    if cfg.quantization.enabled:
-        check_qat_schedule(cfg.quantization)
+    if ckpt_path:
+        apply_renamed_keys(cfg)  # a checkpoint from before the rename brings the old keys back
+        validate_train_config(cfg)
     return run_recipe(cfg, ckpt_path, saved, started)
 
 

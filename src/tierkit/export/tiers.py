@@ -1,6 +1,5 @@
 """Tier budgets checked on measurements, and the one variant per tier that ships."""
 
-from tierkit.errors import TierkitError
 from tierkit.profile.variants import fastest
 from tierkit.runtime.cpu import CPU_CLASSES, SHIPPING_TARGETS, TARGET_NAMES, exact_on_target
 
@@ -8,19 +7,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 
 BUDGET_KEYS = ("max_drop_vs_teacher", "max_size_kib", "max_latency_ms")
-
-
-def check_budget_values(budgets: dict) -> None:
-    """A tier's budgets must be positive numbers: a zero or negative one can never be met, so nothing would ship."""
-    for key in BUDGET_KEYS:
-        value = budgets.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise TierkitError(
-                f"tier.budgets.{key}={value} must be a positive number",
-                where=f"tier.budgets.{key}",
-                fix="give the tier's largest allowed accuracy drop (a fraction, e.g. 0.02), size (KiB) and "
-                "latency (ms) as positive numbers",
-            )
 
 
 def budget_latency(variant: dict) -> dict:

@@ -10,10 +10,11 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from tierkit.conf.schema import MODEL_OWN_KEYS
+from tierkit.conf.validate import constructor_parameters, import_target, source_of
 from tierkit.errors import TierkitError
 from tierkit.utils.instantiate import instantiate
 
@@ -21,44 +22,13 @@ log = logging.getLogger(__name__)
 
 # How tierkit's facts are named in a constructor unless the model config says otherwise; None: never passed
 # unless named (a "width" may be a channel count, so a width multiplier goes only where the config says).
-FACT_ARGS = {"input_shape_arg": "input_shape", "in_channels_arg": "in_channels", "num_classes_arg": "num_classes"}
 WIDTH_ARG = "width_multiplier_arg"
-META_KEYS = {*FACT_ARGS, WIDTH_ARG}
+FACT_ARGS = {key: key.removesuffix("_arg") for key in MODEL_OWN_KEYS if key != WIDTH_ARG}
+META_KEYS = set(MODEL_OWN_KEYS)
 
 
 def model_class(config: DictConfig, where: str) -> Any:
-    target = config.get("_target_")
-    try:
-        return get_object(str(target))
-    except Exception as exc:
-        raise TierkitError(
-            f"cannot import {target!r} ({type(exc).__name__}: {exc})",
-            where=f"{where}._target_",
-            fix="give the full import path of your class (package.module.Class) and make sure Python can import "
-            "it: install your package, or run from the folder that holds it",
-        ) from exc
-
-
-def _parameters(target: Any) -> tuple[dict[str, inspect.Parameter], bool]:
-    """The constructor's named parameters, and whether it also takes any keyword (``**kwargs``)."""
-    try:
-        parameters = inspect.signature(target).parameters
-    except (TypeError, ValueError):
-        return {}, True
-    named = {name: p for name, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return named, any(p.kind == p.VAR_KEYWORD for p in parameters.values())
-
-
-def _source_of(key: str, where: str) -> str:
-    """Which config set ``where.key``: the command line, or the model's config file."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = HydraConfig.get().overrides.task
-    except ValueError:
-        overrides = []
-    on_command_line = any(o.lstrip("+~").split("=")[0] == f"{where}.{key}" for o in overrides)
-    return "the command line" if on_command_line else f"the model config ({where})"
+    return import_target(config.get("_target_"), where)
 
 
 def model_arguments(
@@ -71,7 +41,7 @@ def model_arguments(
 ) -> dict[str, Any]:
     """The keyword arguments tierkit adds to ``config``'s own for this constructor; checks the call is complete."""
     target = model_class(config, where)
-    parameters, takes_any = _parameters(target)
+    parameters, takes_any = constructor_parameters(target)
     own = {key for key in config if not str(key).startswith("_") and key not in META_KEYS}
     facts = {
         "input_shape_arg": list(input_shape),
@@ -118,7 +88,7 @@ def model_arguments(
         if unexpected:
             key = unexpected[0]
             raise TierkitError(
-                f"{target.__name__} takes no argument {key!r}, set by {_source_of(key, where)}",
+                f"{target.__name__} takes no argument {key!r}, set by {source_of(f'{where}.{key}')}",
                 where=f"{where}.{key}",
                 fix=f"remove it (~{where}.{key}); {target.__name__} takes: {', '.join(parameters) or 'nothing'}",
             )

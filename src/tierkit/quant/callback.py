@@ -23,41 +23,6 @@ from tierkit.runtime.cpu import needs_reduced_range
 log = logging.getLogger(__name__)
 
 
-def check_qat_callback_schedule(callbacks: dict | None, max_epochs: int | None = None) -> None:
-    """Fail when the config is composed, not mid-training, if pruning would still run once QAT has started,
-    activation ranges would be frozen before they were observed, or the run ends before activations are quantized
-    (its INT8 model would have no activation ranges)."""
-    pruning, qat = (callbacks or {}).get("pruning"), (callbacks or {}).get("qat")
-    if qat:
-        check_freeze_after_activations(qat, where="callbacks.qat.freeze_epoch")
-    if qat and max_epochs is not None and max_epochs > 0 and qat.activations_epoch >= max_epochs:
-        raise TierkitError(
-            f"callbacks.qat quantizes activations from epoch {qat.activations_epoch}, but the run ends after "
-            f"trainer.max_epochs={max_epochs}",
-            where="callbacks.qat.activations_epoch / trainer.max_epochs",
-            fix=f"raise trainer.max_epochs above {qat.activations_epoch}, or move the QAT schedule earlier "
-            "(callbacks.qat.start_epoch, activations_epoch, freeze_epoch)",
-        )
-    if pruning and qat and pruning.end_epoch >= qat.start_epoch:
-        raise TierkitError(
-            f"pruning runs until epoch {pruning.end_epoch} but QAT starts at epoch {qat.start_epoch}",
-            where="callbacks.pruning.end_epoch / callbacks.qat.start_epoch",
-            fix="pruning must end before fake quantization starts: lower callbacks.pruning.end_epoch "
-            "or raise callbacks.qat.start_epoch",
-        )
-
-
-def check_freeze_after_activations(schedule, where: str) -> None:
-    """Activation ranges are observed from ``activations_epoch``; freezing them then or earlier leaves none."""
-    if schedule.activations_epoch >= schedule.freeze_epoch:
-        raise TierkitError(
-            f"QAT freezes activation ranges at epoch {schedule.freeze_epoch}, not after they are first observed "
-            f"(epoch {schedule.activations_epoch})",
-            where=where,
-            fix=f"set freeze_epoch to at least {schedule.activations_epoch + 1}",
-        )
-
-
 def require_observed_ranges(student) -> None:
     """Frozen activation quantizers must have seen data: a range never observed has nothing to export."""
     unobserved = sum(not quantizer.initialised for quantizer in activation_quantizers(student))

@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from tierkit.conf.validate import check_qat_stage
 from tierkit.errors import TierkitError
 from tierkit.models.checkpoint import load_student
 from tierkit.models.qat import is_prepared
@@ -21,7 +22,7 @@ from tierkit.onnxio import export_onnx, onnx_accuracy
 from tierkit.onnxio.verify import float_compute_ops
 from tierkit.profile import ort_session
 from tierkit.prune import StructuredPruning
-from tierkit.quant.callback import QuantizationAwareTraining, check_freeze_after_activations
+from tierkit.quant.callback import QuantizationAwareTraining
 from tierkit.quant.escalation import Recipe, escalate_ptq, step_record, within_budget
 from tierkit.quant.layer_analysis import SensitivityReport, analyse_layers
 from tierkit.quant.ptq import calibration_samples, convert_fp16, quantize_int8, samples_digest
@@ -51,20 +52,6 @@ def onnx_scores(path: Path, datamodule: L.LightningDataModule, reference: OnnxSc
     if reference is not None:
         scores.drop = reference.val_acc - scores.val_acc
     return scores
-
-
-def check_qat_schedule(config: DictConfig) -> None:
-    """The QAT stage must observe activations for at least one epoch, or its INT8 model has no ranges."""
-    callback = config.qat.callback
-    if config.qat.enabled and callback.activations_epoch >= config.qat.epochs:
-        raise TierkitError(
-            f"QAT runs {config.qat.epochs} epoch(s) but activations are only quantized from epoch "
-            f"{callback.activations_epoch}",
-            where="quantization.qat.epochs / quantization.qat.callback.activations_epoch",
-            fix="raise quantization.qat.epochs above activations_epoch (the default schedule needs 4)",
-        )
-    if config.qat.enabled:
-        check_freeze_after_activations(callback, where="quantization.qat.callback.freeze_epoch")
 
 
 def run_qat(
@@ -121,7 +108,7 @@ def quantize_student(
     The report names the checkpoint and calibration the files came from, so export can ship these very files.
     """
     settings = cfg.quantization
-    check_qat_schedule(settings)
+    check_qat_stage(settings)
     folder = RunFolder(Path(cfg.paths.output_dir))
     out = folder.quantization
     student, config = load_student(fp32_checkpoint)
