@@ -6,9 +6,11 @@ width-scaled student trained from scratch, on the same tier, size, epochs and se
 For each tier and seed both students distil from the same teacher for the tier's epochs. Reported: parameters,
 test accuracy (mean ± sample sd), and the first epoch at which each reaches the scratch student's mean final
 validation accuracy: at any size, and counting only epochs after the last pruning step (the model at the tier's
-size). Writes benchmarks/results/derived_student.{json,md}.
+size). Writes benchmarks/results/derived_student.{json,md} (derived_student_<data>.* with a data= override), again
+after each tier, so a long run that is stopped keeps the tiers it finished.
 """
 
+import argparse
 import csv
 import statistics
 import tempfile
@@ -81,6 +83,16 @@ def main() -> None:
                         run["val_curve"], target, run["final_size_epoch"]
                     )
             rows.append({"tier": tier, "scratch_final_val_acc": target, **runs})
+            write_results(args, rows, time.perf_counter() - started)
+
+
+def results_name(overrides: list[str]) -> str:
+    """derived_student, or derived_student_<data> when the runs use other data than the default."""
+    data = [o.split("=", 1)[1] for o in overrides if o.startswith("data=")]
+    return "derived_student" + (f"_{data[-1]}" if data else "")
+
+
+def write_results(args: argparse.Namespace, rows: list[dict], seconds: float) -> None:
     lines = [
         f"Machine: {describe()}",
         f"Command: python -m benchmarks.derived_student --tiers {' '.join(args.tiers)} --seeds "
@@ -105,9 +117,9 @@ def main() -> None:
         "",
         f"Teacher: {first['teacher_params']:,} params, {100 * first['teacher_test_acc']:.2f}% test accuracy. "
         f"Mean ± sample standard deviation over seeds {', '.join(map(str, args.seeds))}; "
-        f"{len(args.seeds) * len(args.tiers) * len(MODES)} runs in {time.perf_counter() - started:.0f} s.",
+        f"{len(args.seeds) * len(rows) * len(MODES)} runs in {seconds:.0f} s.",
     ]
-    save_results("derived_student", {"rows": rows}, lines)
+    save_results(results_name(args.overrides), {"rows": rows}, lines)
 
 
 if __name__ == "__main__":
