@@ -329,3 +329,11 @@ def test_a_built_wheel_installs_working_commands_with_their_configs(tmp_path):
     )
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert load_manifest(work / "exports" / "e1" / "manifest.json")["variants"]
+    checked = subprocess.run(
+        [str(site / "bin" / "tierkit-config"), "check", "distill.alpha=2"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 2 and "distill.alpha=2 is outside [0, 1]" in checked.stderr, checked.stderr
