@@ -201,12 +201,17 @@ CASES = [
         ("run={run}", "output_dir={export}"),
         "already holds an export (manifest.json)",
     ),
-    Case("python export.py precisions=[int4]", "export.py", ("run={run}", "precisions=[int4]"), "unknown precision(s)"),
+    Case(
+        "python export.py precisions=[int4]",
+        "export.py",
+        ("run={run}", "precisions=[int4]"),
+        "unknown precisions 'int4', set by the command line",
+    ),
     Case(
         "python export.py int8_weight_bits=[4]",
         "export.py",
         ("run={run}", "int8_weight_bits=[4]"),
-        "int8_weight_bits must list 8, 7 or both, once each",
+        "unknown int8_weight_bits 4, set by the command line",
     ),
     Case(
         "python export.py profiling.hardware=[tpu]",

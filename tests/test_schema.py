@@ -9,14 +9,20 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from tierkit.cli.config import main as config_main
 from tierkit.conf.describe import describe, render
-from tierkit.conf.schema import TARGET_RULES, Range
-from tierkit.conf.validate import config_problems, validate_train_config
+from tierkit.conf.schema import TARGET_RULES, ExportSchema, Range
+from tierkit.conf.validate import (
+    config_problems,
+    validate_export_config,
+    validate_hardware_config,
+    validate_train_config,
+)
 from tierkit.errors import TierkitError
 
 from conftest import CONFIG_DIR, compose_train
@@ -171,3 +177,34 @@ def test_any_override_is_validated_or_refused_never_crashes(tmp_path, key, value
     except TierkitError as exc:
         event("refused by the schema")
         assert exc.where and exc.fix
+
+
+def test_every_key_of_the_export_config_has_a_schema_entry_and_validates(tmp_path):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("export", overrides=[f"output_dir={tmp_path / 'export'}"])
+    entries = describe(cfg, ExportSchema)
+    assert not [entry.path for entry in entries if entry.help is None]
+    assert {"profiling.repeats", "calibration.method", "int8_weight_bits", "wandb.offline"} <= {e.path for e in entries}
+    validate_export_config(cfg)
+    cfg.profiling.graph_optimization_levels = ["ORT_ENABLE_EVERYTHING"]
+    with pytest.raises(TierkitError, match=r"unknown profiling\.graph_optimization_levels 'ORT_ENABLE_EVERYTHING'"):
+        validate_export_config(cfg)
+
+
+@pytest.mark.parametrize("option", sorted(path.stem for path in (CONFIG_DIR / "hardware").glob("*.yaml")))
+def test_every_hardware_config_validates(option):
+    validate_hardware_config(OmegaConf.load(CONFIG_DIR / "hardware" / f"{option}.yaml"), option)
+
+
+def test_a_hardware_config_of_your_own_is_checked_and_named(tmp_path):
+    config = OmegaConf.load(CONFIG_DIR / "hardware" / "cpu_1thread.yaml")
+    config.intra_op_num_threads = -2
+    with pytest.raises(TierkitError, match=r"intra_op_num_threads=-2 must be at least 0, set by hardware/phone\.yaml"):
+        validate_hardware_config(config, "phone")
+
+
+def test_config_command_checks_the_export_config(capsys):
+    assert config_main(["--export", "check", "profiling.warmup=-1"]) == 2
+    assert "profiling.warmup=-1 must be at least 0, set by the command line" in capsys.readouterr().err
+    assert config_main(["--export", "describe", "profiling"]) == 0
+    assert "profiling.plot_hardware" in capsys.readouterr().out

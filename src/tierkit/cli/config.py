@@ -1,7 +1,9 @@
-"""`tierkit-config`: what every key of the train config means, and whether a command line's config is valid.
+"""`tierkit-config`: what every key of the train (or export) config means, and whether a command line's config
+is valid.
 
     tierkit-config describe [PREFIX] [OVERRIDE ...]   every key under PREFIX (tier, callbacks.pruning, ...)
     tierkit-config check [OVERRIDE ...]               the validation train.py runs first, without training
+    tierkit-config --export describe profiling        the same for export.py's config
 
 Overrides are train.py's (``tier=lowend data.batch_size=64``); ``--config-dir`` adds your own config folder.
 """
@@ -20,26 +22,30 @@ from tierkit.cli import import_from_working_folder
 from tierkit.cli.deprecated import apply_renamed_keys
 from tierkit.conf import CONFIG_DIR
 from tierkit.conf.describe import describe, render
-from tierkit.conf.validate import validate_train_config
+from tierkit.conf.schema import ExportSchema, TrainSchema
+from tierkit.conf.validate import validate_export_config, validate_train_config
 from tierkit.errors import TierkitError
 
 
-def composed(overrides: list[str], config_dir: Path | None) -> DictConfig:
-    """conf/train.yaml with ``overrides``, as train.py would compose it (the run folder left unresolved)."""
+def composed(overrides: list[str], config_dir: Path | None, name: str = "train") -> DictConfig:
+    """conf/<name>.yaml with ``overrides``, as train.py or export.py would compose it (the run folder left
+    unresolved)."""
     extra = [f"hydra.searchpath=[file://{config_dir.resolve()}]"] if config_dir else []
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, *extra], return_hydra_config=True)
+        cfg = compose(name, overrides=[*overrides, *extra], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # so messages can say which file or override set a value
     with open_dict(cfg):
         del cfg["hydra"]
         cfg.paths.output_dir = "<run folder>"
-    apply_renamed_keys(cfg)
+    if name == "train":
+        apply_renamed_keys(cfg)
     return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tierkit-config", description=__doc__.split("\n")[0])
     parser.add_argument("--config-dir", type=Path, help="your own config folder, searched before tierkit's")
+    parser.add_argument("--export", action="store_true", help="export.py's config instead of train.py's")
     commands = parser.add_subparsers(dest="command", required=True)
     shown = commands.add_parser("describe", help="list keys with type, value, allowed values and meaning")
     shown.add_argument("prefix", nargs="?", default="", help="a section such as tier or callbacks.pruning")
@@ -53,14 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     if "=" in prefix:  # `describe tier=lowend`: an override, no prefix
         overrides, prefix = [prefix, *overrides], ""
     try:
-        cfg = composed(overrides, args.config_dir)
+        cfg = composed(overrides, args.config_dir, "export" if args.export else "train")
         if args.command == "describe":
-            entries = describe(cfg)
+            entries = describe(cfg, ExportSchema if args.export else TrainSchema)
             if prefix and not any(e.path == prefix or e.path.startswith(f"{prefix}.") for e in entries):
                 raise TierkitError(f"no key {prefix!r} in the config", where="PREFIX", fix="try tier, data or trainer")
             print(render(entries, prefix))
         else:
-            validate_train_config(cfg)
+            (validate_export_config if args.export else validate_train_config)(cfg)
             print("config is valid")
     except TierkitError as exc:
         print(exc.render(), file=sys.stderr)

@@ -124,9 +124,9 @@ def _open(node: DictConfig, prefix: str, argument_of: str | None = None) -> Iter
             yield Entry(path, "?", _shown(node, key), "", None)
 
 
-def describe(cfg: DictConfig) -> list[Entry]:
-    """An entry for every key of a composed train config."""
-    return list(_owned(cfg, TrainSchema, ""))
+def describe(cfg: DictConfig, schema: type = TrainSchema) -> list[Entry]:
+    """An entry for every key of a composed config (train.yaml's by default; ExportSchema for export.yaml's)."""
+    return list(_owned(cfg, schema, ""))
 
 
 def render(entries: list[Entry], prefix: str = "") -> str:

@@ -13,6 +13,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from tierkit.runtime.manifest import PRECISIONS
+
 
 @dataclass(frozen=True)
 class Range:
@@ -53,6 +55,8 @@ class Range:
         return f"is outside {self}"
 
 
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+GRAPH_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
 POSITIVE = Range(gt=0)
 NOT_NEGATIVE = Range(ge=0)
 AT_LEAST_ONE = Range(ge=1)
@@ -69,11 +73,14 @@ class Rule:
     choices: tuple[Any, ...] | None = None
     kind: type | None = None  # for keys of _target_ sections, whose signature may not say
     nullable: bool = False  # for keys of _target_ sections: null is allowed (owned keys: their Optional type)
+    nonempty: bool = False  # a list that must name at least one value
 
 
-def setting(help: str, range: Range | None = None, choices: tuple[Any, ...] | None = None) -> Any:
+def setting(
+    help: str, range: Range | None = None, choices: tuple[Any, ...] | None = None, nonempty: bool = False
+) -> Any:
     """A schema field: required when present, described, and bounded."""
-    return field(default=MISSING, metadata={"rule": Rule(help, range, choices)})
+    return field(default=MISSING, metadata={"rule": Rule(help, range, choices, nonempty=nonempty)})
 
 
 def target(help: str) -> Any:
@@ -122,7 +129,7 @@ class TierSchema:
     channel_multiple: int = setting("pruning keeps channel counts that are multiples of this", AT_LEAST_ONE)
     pruning_target: float = setting("share of channels and neurons pruning removes", Range(ge=0, lt=1))
     budgets: BudgetsSchema = field(default_factory=BudgetsSchema)
-    precisions: list[str] = setting("precisions export may ship for the tier", choices=("fp32", "fp16", "int8"))
+    precisions: list[str] = setting("precisions export may ship for the tier", choices=PRECISIONS, nonempty=True)
     budget_hardware: str = setting("hardware config (conf/hardware/) the latency budget is checked on")
     device: DeviceSchema = field(default_factory=DeviceSchema)
 
@@ -131,7 +138,7 @@ class TierSchema:
 class CalibrationSchema:
     samples: int = setting("training samples static INT8 calibrates on", AT_LEAST_ONE)
     batch_size: int = setting("calibration batch size", AT_LEAST_ONE)
-    method: str = setting("how activation ranges are chosen", choices=("minmax", "percentile", "entropy"))
+    method: str = setting("how activation ranges are chosen", choices=CALIBRATION_METHODS)
     seed: int = setting("seed of the calibration sample", NOT_NEGATIVE)
 
 
@@ -144,7 +151,7 @@ class SensitivitySchema:
 @dataclass
 class EscalationSchema:
     enabled: bool = setting("try calibration methods and mixed precision before QAT")
-    calibration_methods: list[str] = setting("calibration methods tried", choices=("minmax", "percentile", "entropy"))
+    calibration_methods: list[str] = setting("calibration methods tried", choices=CALIBRATION_METHODS)
     max_float_layers: int = setting("most sensitive layers mixed precision may keep in float", NOT_NEGATIVE)
 
 
@@ -213,6 +220,65 @@ class TrainSchema:
     model: Any = field(default=MISSING, metadata={"rule": Rule("model.teacher and model.student")})
     callbacks: Any = field(default=MISSING, metadata={"rule": Rule("Lightning callbacks, by name")})
     logger: Any = field(default=MISSING, metadata={"rule": Rule("Lightning loggers, by name")})
+
+
+@dataclass
+class ExportCalibrationSchema:
+    samples: int | None = setting("calibration samples; null: the run's own", AT_LEAST_ONE)
+    batch_size: int | None = setting("calibration batch size; null: the run's own", AT_LEAST_ONE)
+    method: str | None = setting("calibration method; null: the run's own", choices=CALIBRATION_METHODS)
+    seed: int | None = setting("seed of the calibration sample; null: the run's own", NOT_NEGATIVE)
+
+
+@dataclass
+class ProfilingSchema:
+    hardware: list[str] = setting("hardware configs (conf/hardware/) every model is timed under", nonempty=True)
+    graph_optimization_levels: list[str] | None = setting(
+        "ONNX Runtime graph optimization levels; null: each hardware config's own", choices=GRAPH_LEVELS
+    )
+    warmup: int = setting("untimed runs before timing", NOT_NEGATIVE)
+    repeats: int = setting("timed batch-1 runs per model", AT_LEAST_ONE)
+    throughput_batch: int = setting("batch size throughput is measured at", AT_LEAST_ONE)
+    throughput_repeats: int = setting("timed throughput runs per model", AT_LEAST_ONE)
+    operator_runs: int = setting("runs of ONNX Runtime's per-operator profile", AT_LEAST_ONE)
+    top_operators: int = setting("operator types kept from that profile", AT_LEAST_ONE)
+    memory: bool = setting("measure peak memory of loading and running each model, in a fresh process")
+    plot_hardware: str = setting("the hardware config whose latencies pareto.png plots")
+
+
+@dataclass
+class ExportWandbSchema:
+    enabled: bool = setting("log the export to Weights & Biases")
+    project: str = setting("W&B project")
+    name: str | None = setting("W&B run name; null: export-<output folder name>")
+    group: str | None = setting("W&B group; null: the exported runs' own")
+    dir: str = setting("where W&B writes its files")
+    offline: bool = setting("log offline (upload later with wandb sync)")
+
+
+@dataclass
+class ExportSchema:
+    run: str = setting("run folder, sweep folder, or latest")
+    checkpoint: str = setting("which checkpoint of each run", choices=("best", "last"))
+    output_dir: str = setting("the export folder (must not hold an export yet)")
+    max_logit_difference: float = setting("largest ONNX Runtime vs PyTorch logit difference", POSITIVE)
+    precisions: list[str] = setting("precisions written", choices=PRECISIONS, nonempty=True)
+    calibration: ExportCalibrationSchema = field(default_factory=ExportCalibrationSchema)
+    int8_weight_bits: Any = setting("INT8 weight ranges, a file each", choices=(8, 7), nonempty=True)
+    reduce_range: bool | None = setting("deprecated: true means int8_weight_bits=[7], false [8]")
+    per_channel: bool | None = setting("one weight scale per output channel; null: each run's own")
+    profiling: ProfilingSchema = field(default_factory=ProfilingSchema)
+    wandb: ExportWandbSchema = field(default_factory=ExportWandbSchema)
+    paths: PathsSchema = field(default_factory=PathsSchema)
+
+
+@dataclass
+class HardwareSchema:
+    name: str = setting("the config's name in the manifest")
+    execution_providers: list[str] | None = setting("ONNX Runtime execution providers; null: all available")
+    intra_op_num_threads: int = setting("threads within an operator (0: all cores)", NOT_NEGATIVE)
+    inter_op_num_threads: int = setting("threads across operators", NOT_NEGATIVE)
+    graph_optimization_level: str = setting("ONNX Runtime graph optimization level", choices=GRAPH_LEVELS)
 
 
 # Keys of _target_ sections whose values tierkit itself relies on (glob patterns, first match wins).

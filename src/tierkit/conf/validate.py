@@ -16,7 +16,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tierkit.conf.schema import MODEL_OWN_KEYS, Rule, TrainSchema, target_rule
+from tierkit.conf.schema import MODEL_OWN_KEYS, ExportSchema, HardwareSchema, Rule, TrainSchema, target_rule
 from tierkit.errors import TierkitError
 
 UNSET = object()
@@ -94,6 +94,8 @@ def _check_rule(path: str, value: Any, rule: Rule, owned: bool) -> str | None:
             return f"{path}={_shown(value)} is not a number"
         if not rule.range.holds(value):
             return f"{path}={_shown(value)} {rule.range.refusal()}"
+    if rule.nonempty and value == []:
+        return f"{path} is empty"
     if rule.choices is not None:
         unknown = [v for v in (value if isinstance(value, list) else [value]) if v not in rule.choices]
         if unknown:
@@ -117,17 +119,20 @@ def allowed(rule: Rule) -> str:
     return f"{kind} {bounds(rule)}".rstrip()
 
 
-def _rule_problem(path: str, value: Any, rule: Rule, owned: bool = False) -> TierkitError | None:
+def _rule_problem(
+    path: str, value: Any, rule: Rule, owned: bool = False, source: str | None = None
+) -> TierkitError | None:
     why = _check_rule(path, value, rule, owned)
     if why is None:
         return None
     return TierkitError(
-        f"{why}, set by {source_of(path)}", where=path, fix=f"give {path} {allowed(rule)} ({rule.help})"
+        f"{why}, set by {source or source_of(path)}", where=path, fix=f"give {path} {allowed(rule)} ({rule.help})"
     )
 
 
-def _owned_problems(node: DictConfig, schema: type, prefix: str) -> Iterator[TierkitError]:
-    """Unknown keys, wrong types and values out of range in a section tierkit owns."""
+def _owned_problems(node: DictConfig, schema: type, prefix: str, source: str | None = None) -> Iterator[TierkitError]:
+    """Unknown keys, wrong types and values out of range in a section tierkit owns (``source``: the file it came
+    from, when not the run's own config)."""
     fields = {f.name: f for f in dataclasses.fields(schema)}
     typed = OmegaConf.structured(schema)
     hints = typing.get_type_hints(schema)
@@ -135,7 +140,7 @@ def _owned_problems(node: DictConfig, schema: type, prefix: str) -> Iterator[Tie
         path = f"{prefix}{key}"
         if key not in fields:
             yield TierkitError(
-                f"{path} is not a tierkit setting, set by {source_of(path)}",
+                f"{path} is not a tierkit setting, set by {source or source_of(path)}",
                 where=path,
                 fix=f"remove it (~{path}); {prefix.rstrip('.') or 'the config'} takes: {', '.join(fields)}",
             )
@@ -145,23 +150,22 @@ def _owned_problems(node: DictConfig, schema: type, prefix: str) -> Iterator[Tie
             continue
         if dataclasses.is_dataclass(hints[key]):
             if isinstance(node[key], DictConfig):
-                yield from _owned_problems(node[key], hints[key], f"{path}.")
+                yield from _owned_problems(node[key], hints[key], f"{path}.", source)
             elif value is not None:
                 yield TierkitError(f"{path}={_shown(value)} is not a section", where=path, fix=f"set {path}.<key>")
             continue
-        if hints[key] is Any:
-            continue
         try:
-            typed[key] = value
+            if hints[key] is not Any:
+                typed[key] = value
         except OmegaConfBaseException:
             expected = getattr(hints[key], "__name__", str(hints[key]).replace("typing.", ""))
             yield TierkitError(
-                f"{path}={_shown(value)} is not of type {expected}, set by {source_of(path)}",
+                f"{path}={_shown(value)} is not of type {expected}, set by {source or source_of(path)}",
                 where=path,
                 fix=f"give {path} a value of type {expected}: {field.metadata['rule'].help}",
             )
             continue
-        problem = _rule_problem(path, value, field.metadata["rule"], owned=True)
+        problem = _rule_problem(path, value, field.metadata["rule"], owned=True, source=source)
         if problem:
             yield problem
 
@@ -299,9 +303,8 @@ def config_problems(cfg: DictConfig) -> list[TierkitError]:
     return problems
 
 
-def validate_train_config(cfg: DictConfig) -> None:
-    """Raise one TierkitError for everything wrong with ``cfg`` (the first in full, the others by key)."""
-    problems = config_problems(cfg)
+def raise_problems(problems: list[TierkitError]) -> None:
+    """Raise one TierkitError for all ``problems``: the first in full, the others by what they say."""
     if not problems:
         return
     first, rest = problems[0], problems[1:]
@@ -309,3 +312,18 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise first
     also = "; ".join(problem.what for problem in rest)
     raise TierkitError(f"{first.what} (and {len(rest)} more: {also})", where=first.where, fix=first.fix)
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Raise one TierkitError for everything wrong with a train config."""
+    raise_problems(config_problems(cfg))
+
+
+def validate_export_config(cfg: DictConfig) -> None:
+    """Raise one TierkitError for everything wrong with an export config."""
+    raise_problems(list(_owned_problems(cfg, ExportSchema, "")))
+
+
+def validate_hardware_config(cfg: DictConfig, name: str) -> None:
+    """Raise one TierkitError for everything wrong with hardware config ``name``."""
+    raise_problems(list(_owned_problems(cfg, HardwareSchema, f"hardware.{name}.", source=f"hardware/{name}.yaml")))

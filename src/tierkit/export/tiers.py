@@ -3,9 +3,6 @@
 from tierkit.profile.variants import fastest
 from tierkit.runtime.cpu import CPU_CLASSES, SHIPPING_TARGETS, TARGET_NAMES, exact_on_target
 
-PRECISIONS = ("fp32", "fp16", "int8")
-
-
 BUDGET_KEYS = ("max_drop_vs_teacher", "max_size_kib", "max_latency_ms")
 
 

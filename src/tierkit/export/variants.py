@@ -14,7 +14,6 @@ from torch import nn
 from tierkit.distill.teacher import find_run_teacher, load_teacher
 from tierkit.errors import TierkitError
 from tierkit.export.cpu_classes import float_cpu_facts, int8_cpu_facts
-from tierkit.export.tiers import PRECISIONS
 from tierkit.models.checkpoint import load_student, shipped_int8_path, shipped_int8_recipe
 from tierkit.models.qat import float_copy, is_prepared, qat_settings
 from tierkit.onnxio import export_onnx, max_output_difference, onnx_accuracy
@@ -152,16 +151,6 @@ def reuse_or_make(key: str, found: tuple[Path | None, str], target: Path, make) 
         return path, {"made_by": "training", "training_file": source.name}
     log.info("%s: export makes %s itself (%s)", target.name, path.name, why)
     return make(path), {"made_by": "export", "remade_because": why}
-
-
-def check_precisions(cfg: DictConfig) -> None:
-    unknown = set(cfg.precisions) - set(PRECISIONS)
-    if unknown or not cfg.precisions:
-        raise TierkitError(
-            f"unknown precision(s) {sorted(unknown)}" if unknown else "precisions is empty",
-            where="precisions",
-            fix=f"choose from {', '.join(PRECISIONS)}",
-        )
 
 
 def int8_weight_bits(cfg: DictConfig) -> list[int]:

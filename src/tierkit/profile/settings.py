@@ -8,6 +8,7 @@ from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
+from tierkit.conf.validate import validate_hardware_config
 from tierkit.errors import TierkitError
 
 LEVELS = tuple(ort.GraphOptimizationLevel.__members__)
@@ -54,8 +55,12 @@ def hardware_configs(names: list[str], hardware_dir: Path) -> dict[str, DictConf
             fix=f"list one or more of {known}, or add your own hardware/<name>.yaml to a --config-dir",
         )
     if hydra.is_initialized():
-        return {name: compose(config_name=f"hardware/{name}").hardware for name in names}
-    return {name: OmegaConf.load(hardware_dir / f"{name}.yaml") for name in names}
+        configs = {name: compose(config_name=f"hardware/{name}").hardware for name in names}
+    else:
+        configs = {name: OmegaConf.load(hardware_dir / f"{name}.yaml") for name in names}
+    for name, config in configs.items():
+        validate_hardware_config(config, name)
+    return configs
 
 
 def load_settings(

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tierkit.conf import CONFIG_DIR
+from tierkit.conf.validate import validate_export_config
 from tierkit.errors import TierkitError
 from tierkit.export.manifest import complete_manifest, provenance
 from tierkit.export.measure import measure
@@ -19,7 +20,6 @@ from tierkit.export.report import write_report
 from tierkit.export.summary import print_summary
 from tierkit.export.tiers import choose_shipping
 from tierkit.export.variants import (
-    check_precisions,
     export_teacher,
     export_variants,
     find_runs,
@@ -37,6 +37,7 @@ HARDWARE_DIR = CONFIG_DIR / "hardware"
 
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export, measure and describe every run; returns the manifest that was written."""
+    validate_export_config(cfg)
     out = Path(cfg.output_dir)
     if (out / "manifest.json").exists():
         raise TierkitError(
@@ -44,7 +45,6 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             where="output_dir",
             fix="pass a new output_dir, or delete the old export first",
         )
-    check_precisions(cfg)
     cfg.int8_weight_bits, cfg.reduce_range = int8_weight_bits(cfg), None
     runs = load_runs(find_runs(cfg), cfg.checkpoint)
     shape = list(runs[0].config.data.input_shape)
