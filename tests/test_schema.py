@@ -181,7 +181,7 @@ def test_any_override_is_validated_or_refused_never_crashes(tmp_path, key, value
 
 def test_every_key_of_the_export_config_has_a_schema_entry_and_validates(tmp_path):
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("export", overrides=[f"output_dir={tmp_path / 'export'}"])
+        cfg = compose("export", overrides=[f"output_dir={tmp_path / 'export'}", f"paths.output_dir={tmp_path}"])
     entries = describe(cfg, ExportSchema)
     assert not [entry.path for entry in entries if entry.help is None]
     assert {"profiling.repeats", "calibration.method", "int8_weight_bits", "wandb.offline"} <= {e.path for e in entries}

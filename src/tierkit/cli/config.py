@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     except HydraException as exc:
         print(f"{exc}", file=sys.stderr)
         return 2
+    finally:
+        HydraConfig.instance().cfg = None  # set for this command only (a caller may compose configs of its own)
     return 0
 
 
