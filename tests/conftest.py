@@ -5,9 +5,19 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hypothesis import HealthCheck, settings
 from omegaconf import DictConfig
 
 import tierkit.utils.resolvers  # noqa: F401  (registers config resolvers for compose)
+
+# Fuzzing (hypothesis): every test run tries the same examples ("ci"); HYPOTHESIS_PROFILE=long draws ten times
+# as many at random. Tests whose examples are slow set a smaller max_examples of their own, scaled by SCALE.
+settings.register_profile(
+    "ci", max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("long", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+FUZZ_SCALE = 10 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 1
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "conf"

@@ -10,7 +10,6 @@ examples.
 
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +30,6 @@ from tierkit.runtime import (
     sha256_of,
     validate_manifest,
 )
-
-settings.register_profile(
-    "ci", max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.register_profile("long", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 DEVICE = DeviceInfo.from_dict({"cores": 8, "memory_mib": 16384, "providers": ["CPUExecutionProvider"]})
 

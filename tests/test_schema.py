@@ -4,7 +4,6 @@ Config overrides are fuzzed with hypothesis: the validation pass answers any val
 all, never with another exception."""
 
 import math
-import os
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from tierkit.conf.validate import (
 )
 from tierkit.errors import TierkitError
 
-from conftest import CONFIG_DIR, compose_train
+from conftest import CONFIG_DIR, FUZZ_SCALE, compose_train
 
 # Each option of each group, and the values some options need to compose into a runnable config.
 SKIPPED_GROUPS = {"hydra", "local", "hardware", "qat_schedule", "hparams_search"}
@@ -159,7 +158,7 @@ FUZZED_KEYS = sorted(
 
 
 @settings(
-    max_examples=int(os.environ.get("SCHEMA_FUZZ_EXAMPLES", "150")),
+    max_examples=150 * FUZZ_SCALE,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -41,11 +41,19 @@ def load_student(path: str | Path) -> tuple[nn.Module, DictConfig]:
         )
     config = OmegaConf.create(saved["config"])
     student = build_student(config, where=str(path))
-    weights = {k.removeprefix("student."): v for k, v in checkpoint["state_dict"].items() if k.startswith("student.")}
-    apply_structure(student, saved.get("structure", {}), weights)
-    if saved.get("qat"):
-        student = prepare_qat(student, **saved["qat"])
-    student.load_state_dict(weights)
+    try:
+        weights = {k.removeprefix("student."): v for k, v in checkpoint["state_dict"].items() if k[:8] == "student."}
+        apply_structure(student, saved.get("structure", {}), weights)
+        if saved.get("qat"):
+            student = prepare_qat(student, **saved["qat"])
+        student.load_state_dict(weights)
+    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
+        raise TierkitError(
+            f"{path} holds weights that do not fit the model its config describes ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0]})",
+            where=str(path),
+            fix="the file is damaged or was changed after training: use another checkpoint of the run, or retrain",
+        ) from exc
     return student.eval(), config
 
 
