@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from tierkit.errors import TierkitError
@@ -39,17 +40,17 @@ def load_student(path: str | Path) -> tuple[nn.Module, DictConfig]:
             where=str(path),
             fix="export it with the tierkit release that trained it, or retrain with this one",
         )
-    config = OmegaConf.create(saved["config"])
-    student = build_student(config, where=str(path))
     try:
+        config = OmegaConf.create(saved["config"])
+        student = build_student(config, where=str(path))
         weights = {k.removeprefix("student."): v for k, v in checkpoint["state_dict"].items() if k[:8] == "student."}
         apply_structure(student, saved.get("structure", {}), weights)
         if saved.get("qat"):
             student = prepare_qat(student, **saved["qat"])
         student.load_state_dict(weights)
-    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError, OmegaConfBaseException) as exc:
         raise TierkitError(
-            f"{path} holds weights that do not fit the model its config describes ({type(exc).__name__}: "
+            f"{path} holds a config or weights that do not fit together ({type(exc).__name__}: "
             f"{str(exc).strip().splitlines()[0]})",
             where=str(path),
             fix="the file is damaged or was changed after training: use another checkpoint of the run, or retrain",
