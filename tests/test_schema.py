@@ -164,6 +164,7 @@ FUZZED_KEYS = sorted(
 )
 @given(key=st.sampled_from(FUZZED_KEYS), value=ODD_VALUES)
 @example(key="callbacks.pruning.start_epoch", value="null")  # found by hypothesis: the relations compared None
+@example(key="callbacks.pruning.round_to", value="null")  # null is allowed here: no rounding
 def test_any_override_is_validated_or_refused_never_crashes(tmp_path, key, value):
     try:
         cfg = compose_train(tmp_path, "callbacks=qat", f"{key}={value}")
@@ -207,3 +208,11 @@ def test_config_command_checks_the_export_config(capsys):
     assert "profiling.warmup=-1 must be at least 0, set by the command line" in capsys.readouterr().err
     assert config_main(["--export", "describe", "profiling"]) == 0
     assert "profiling.plot_hardware" in capsys.readouterr().out
+
+
+def test_null_is_refused_or_allowed_as_each_key_means_it(tmp_path):
+    validate_train_config(compose_train(tmp_path, "callbacks.pruning.round_to=null", "teacher.ckpt_path=null"))
+    with pytest.raises(TierkitError, match=r"callbacks\.pruning\.steps is null"):
+        validate_train_config(compose_train(tmp_path, "callbacks.pruning.steps=null"))
+    with pytest.raises(TierkitError, match=r"distill\.alpha=None is not of type float"):
+        validate_train_config(compose_train(tmp_path, "distill.alpha=null"))

@@ -298,7 +298,9 @@ TARGET_RULES: dict[str, Rule] = {
     "callbacks.pruning.steps": Rule("pruning steps", AT_LEAST_ONE, kind=int),
     "callbacks.pruning.schedule": Rule("how the share grows", choices=("oneshot", "linear", "cubic")),
     "callbacks.pruning.importance": Rule("channel importance", choices=("l1", "l2", "bn_scale", "taylor")),
-    "callbacks.pruning.round_to": Rule("kept channel counts are multiples of this", AT_LEAST_ONE, kind=int),
+    "callbacks.pruning.round_to": Rule(
+        "kept channel counts are multiples of this (null: any count)", AT_LEAST_ONE, kind=int, nullable=True
+    ),
     "callbacks.pruning.mode": Rule("fixed: every step; budget: accuracy-aware", choices=("fixed", "budget")),
     "callbacks.pruning.max_drop": Rule("budget mode's accuracy budget against the teacher", POSITIVE, nullable=True),
     "callbacks.pruning.margin": Rule("budget mode stops this far inside the budget", NOT_NEGATIVE),
