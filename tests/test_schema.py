@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from tierkit.cli.config import main as config_main
+from tierkit.cli.train import train
 from tierkit.conf.describe import describe, render
 from tierkit.conf.schema import TARGET_RULES, ExportSchema, Range
 from tierkit.conf.validate import (
@@ -24,7 +25,7 @@ from tierkit.conf.validate import (
 )
 from tierkit.errors import TierkitError
 
-from conftest import CONFIG_DIR, FUZZ_SCALE, compose_train
+from conftest import CONFIG_DIR, FAST, FUZZ_SCALE, compose_train
 
 # Each option of each group, and the values some options need to compose into a runnable config.
 SKIPPED_GROUPS = {"hydra", "local", "hardware", "qat_schedule", "hparams_search"}
@@ -216,3 +217,35 @@ def test_null_is_refused_or_allowed_as_each_key_means_it(tmp_path):
         validate_train_config(compose_train(tmp_path, "callbacks.pruning.steps=null"))
     with pytest.raises(TierkitError, match=r"distill\.alpha=None is not of type float"):
         validate_train_config(compose_train(tmp_path, "distill.alpha=null"))
+
+
+# Keys whose accepted values set how long a run takes, or where it writes: left out of the fuzzed runs below.
+LENGTH_OR_PLACE = ("trainer.", "teacher.max_epochs", "data.num_samples", "paths.", "teacher.cache_dir", "ckpt_path")
+RUN_KEYS = [key for key in FUZZED_KEYS if not key.startswith(LENGTH_OR_PLACE) and not key.startswith("quantization.")]
+SMALL_VALUES = st.one_of(ODD_VALUES, st.integers(min_value=-2, max_value=4).map(str), st.sampled_from(["0.5", "1.0"]))
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=12 * FUZZ_SCALE,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(key=st.sampled_from(RUN_KEYS), value=SMALL_VALUES)
+def test_an_override_the_schema_accepts_runs_or_is_refused_with_one_message(tmp_path_factory, key, value):
+    """Past validation, a tiny run either finishes or stops with a TierkitError, and writes only its run folder
+    and the teacher cache."""
+    root = tmp_path_factory.mktemp("fuzzed-run")
+    try:
+        cfg = compose_train(root, *FAST, "debug=tiny", f"{key}={value}")
+        validate_train_config(cfg)
+    except Exception:
+        event("refused before the run")
+        return
+    try:
+        train(cfg)
+        event("ran")
+    except TierkitError as exc:
+        event("refused during the run")
+        assert exc.where and exc.fix
+    assert {path.name for path in root.iterdir()} <= {"run", "cache"}

@@ -62,6 +62,7 @@ NOT_NEGATIVE = Range(ge=0)
 AT_LEAST_ONE = Range(ge=1)
 FRACTION = Range(ge=0, le=1)
 SHARE = Range(gt=0, le=1)
+BUDGET = Range(ge=-1, le=1)  # an accuracy drop as a fraction; below 0 nothing meets it
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,10 @@ class QatStageSchema:
 @dataclass
 class QuantizationSchema:
     enabled: bool = setting("run the FP32 -> FP16 -> INT8 stage after training")
-    max_drop_vs_fp32: float = setting("largest INT8 accuracy drop against the FP32 student (validation)", FRACTION)
-    max_accuracy_drop: float | None = setting("deprecated name of max_drop_vs_fp32", FRACTION)
+    max_drop_vs_fp32: float = setting(
+        "largest INT8 accuracy drop against the FP32 student (validation); a negative one forces QAT", BUDGET
+    )
+    max_accuracy_drop: float | None = setting("deprecated name of max_drop_vs_fp32", BUDGET)
     calibration: CalibrationSchema = field(default_factory=CalibrationSchema)
     reduce_range: bool | None = setting("7-bit weights (x86 without VNNI); null: from this CPU's flags")
     per_channel: bool = setting("one weight scale per output channel")
