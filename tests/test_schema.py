@@ -85,6 +85,8 @@ def test_every_leaf_is_described_once(default_config):
         (["optimizer=sgd", "optimizer.momentum=1.5"], "optimizer.momentum", "is outside [0, 1)"),
         (["+optimizer.betas2=0.9"], "optimizer.betas2", "AdamW takes no argument 'betas2'"),
         (["+trainer.max_epoch=3"], "trainer.max_epoch", "Trainer takes no argument 'max_epoch'"),
+        (["callbacks.last_checkpoint.dirpath=0"], "callbacks.last_checkpoint.dirpath", "dirpath=0 is not of type str"),
+        (["callbacks.checkpoint.save_top_k=1.5"], "callbacks.checkpoint.save_top_k", "save_top_k=1.5 is not of type"),
         (["callbacks.pruning.start_epoch=9"], "callbacks.pruning.start_epoch / end_epoch", "after its end_epoch"),
         (["model.teacher._target_=nowhere.Net"], "model.teacher._target_", "cannot import 'nowhere.Net'"),
         (["quantization.qat.epochs=1"], "quantization.qat.epochs", "activations are only quantized from epoch"),
@@ -232,6 +234,8 @@ SMALL_VALUES = st.one_of(ODD_VALUES, st.integers(min_value=-2, max_value=4).map(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(key=st.sampled_from(RUN_KEYS), value=SMALL_VALUES)
+# Found by hypothesis: a number as a checkpoint folder passed validation and crashed inside Lightning.
+@example(key="callbacks.last_checkpoint.dirpath", value="0")
 def test_an_override_the_schema_accepts_runs_or_is_refused_with_one_message(tmp_path_factory, key, value):
     """Past validation, a tiny run either finishes or stops with a TierkitError, and writes only its run folder
     and the teacher cache."""

@@ -8,6 +8,8 @@ is reported in one message, naming where the value came from (the command line o
 
 import dataclasses
 import inspect
+import os
+import types
 import typing
 from collections.abc import Iterator
 from typing import Any
@@ -185,6 +187,30 @@ def target_nodes(node: Any, prefix: str = "") -> Iterator[tuple[str, DictConfig]
                 yield from target_nodes(node[key], f"{prefix}{key}.")
 
 
+def _plain_types(annotation: Any) -> tuple[type, ...] | None:
+    """The classes a constructor annotation allows, Optional and Union unwrapped; None when it says more than
+    plain classes can check (generics, literals, forward references) or nothing at all."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return None
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    members = typing.get_args(annotation) if union else (annotation,)
+    if not all(isinstance(member, type) and not typing.get_args(member) for member in members):
+        return None
+    return tuple(member for member in members if member is not type(None))
+
+
+def _fits_annotation(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` can be what the annotation asks for (null and unannotated values are left to the class)."""
+    allowed = _plain_types(annotation)
+    if value is None or not allowed or isinstance(value, dict | list):
+        return True
+    if isinstance(value, allowed):
+        return True
+    if isinstance(value, str) and any(issubclass(kind, os.PathLike) for kind in allowed):
+        return True  # a path given as text
+    return isinstance(value, int) and not isinstance(value, bool) and float in allowed
+
+
 def _target_problems(path: str, node: DictConfig) -> Iterator[TierkitError]:
     """A ``_target_`` node's class must import, and take every key the config gives it."""
     if OmegaConf.is_missing(node, "_target_"):
@@ -215,6 +241,14 @@ def _target_problems(path: str, node: DictConfig) -> Iterator[TierkitError]:
         problem = rule and value is not UNSET and _rule_problem(key_path, value, rule)
         if problem:
             yield problem
+        elif value is not UNSET and key in parameters and not _fits_annotation(value, parameters[key].annotation):
+            name = getattr(target, "__name__", str(node._target_))
+            expected = " or ".join(t.__name__ for t in _plain_types(parameters[key].annotation) or ())
+            yield TierkitError(
+                f"{key_path}={_shown(value)} is not of type {expected}, set by {source_of(key_path)}",
+                where=key_path,
+                fix=f"give {key_path} a value of type {expected}, as {name}'s {key} argument takes",
+            )
 
 
 def _relation_problems(cfg: DictConfig) -> Iterator[TierkitError]:
