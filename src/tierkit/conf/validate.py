@@ -77,10 +77,6 @@ def _value(node: DictConfig, key: str) -> Any:
         return UNSET
 
 
-def _shown(value: Any) -> str:
-    return str(value) if not isinstance(value, str) else value
-
-
 def _check_rule(path: str, value: Any, rule: Rule, owned: bool) -> str | None:
     """Why ``value`` breaks ``rule`` (None: it does not); an owned key's type has already said whether null fits."""
     if value is None:
@@ -90,12 +86,12 @@ def _check_rule(path: str, value: Any, rule: Rule, owned: bool) -> str | None:
         if rule.kind is float:
             fits = isinstance(value, int | float) and not isinstance(value, bool)
         if not fits:
-            return f"{path}={_shown(value)} is not {'an' if rule.kind is int else 'a'} {rule.kind.__name__}"
+            return f"{path}={value} is not {'an' if rule.kind is int else 'a'} {rule.kind.__name__}"
     if rule.range is not None:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"{path}={_shown(value)} is not a number"
+            return f"{path}={value} is not a number"
         if not rule.range.holds(value):
-            return f"{path}={_shown(value)} {rule.range.refusal()}"
+            return f"{path}={value} {rule.range.refusal()}"
     if rule.nonempty and value == []:
         return f"{path} is empty"
     if rule.choices is not None:
@@ -154,7 +150,7 @@ def _owned_problems(node: DictConfig, schema: type, prefix: str, source: str | N
             if isinstance(node[key], DictConfig):
                 yield from _owned_problems(node[key], hints[key], f"{path}.", source)
             elif value is not None:
-                yield TierkitError(f"{path}={_shown(value)} is not a section", where=path, fix=f"set {path}.<key>")
+                yield TierkitError(f"{path}={value} is not a section", where=path, fix=f"set {path}.<key>")
             continue
         try:
             if hints[key] is not Any:
@@ -162,7 +158,7 @@ def _owned_problems(node: DictConfig, schema: type, prefix: str, source: str | N
         except OmegaConfBaseException:
             expected = getattr(hints[key], "__name__", str(hints[key]).replace("typing.", ""))
             yield TierkitError(
-                f"{path}={_shown(value)} is not of type {expected}, set by {source or source_of(path)}",
+                f"{path}={value} is not of type {expected}, set by {source or source_of(path)}",
                 where=path,
                 fix=f"give {path} a value of type {expected}: {field.metadata['rule'].help}",
             )
@@ -245,7 +241,7 @@ def _target_problems(path: str, node: DictConfig) -> Iterator[TierkitError]:
             name = getattr(target, "__name__", str(node._target_))
             expected = " or ".join(t.__name__ for t in _plain_types(parameters[key].annotation) or ())
             yield TierkitError(
-                f"{key_path}={_shown(value)} is not of type {expected}, set by {source_of(key_path)}",
+                f"{key_path}={value} is not of type {expected}, set by {source_of(key_path)}",
                 where=key_path,
                 fix=f"give {key_path} a value of type {expected}, as {name}'s {key} argument takes",
             )

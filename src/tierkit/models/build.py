@@ -27,10 +27,6 @@ FACT_ARGS = {key: key.removesuffix("_arg") for key in MODEL_OWN_KEYS if key != W
 META_KEYS = set(MODEL_OWN_KEYS)
 
 
-def model_class(config: DictConfig, where: str) -> Any:
-    return import_target(config.get("_target_"), where)
-
-
 def model_arguments(
     config: DictConfig,
     input_shape: Sequence[int],
@@ -40,7 +36,7 @@ def model_arguments(
     width_from: str = "the tier",
 ) -> dict[str, Any]:
     """The keyword arguments tierkit adds to ``config``'s own for this constructor; checks the call is complete."""
-    target = model_class(config, where)
+    target = import_target(config.get("_target_"), where)
     parameters, takes_any = constructor_parameters(target)
     own = {key for key in config if not str(key).startswith("_") and key not in META_KEYS}
     facts = {
