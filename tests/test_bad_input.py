@@ -184,6 +184,18 @@ CASES = [
         "is not a tierkit training checkpoint (UnpicklingError",
     ),
     Case(
+        "python train.py ckpt_path=<checkpoint with one weight changed after training>",
+        "train.py",
+        ("ckpt_path={changed_run}/checkpoints/last.ckpt",),
+        "changed after it was saved: its weights or run config no longer match the sha256 recorded in it",
+    ),
+    Case(
+        "python train.py teacher.ckpt_path=<cached teacher changed after saving>",
+        "train.py",
+        ("teacher.ckpt_path={changed_teacher}",),
+        "changed after tierkit saved it: its content no longer matches the sha256 recorded in it",
+    ),
+    Case(
         "python train.py teacher.ckpt_path=<checkpoint that runs code when unpickled>",
         "train.py",
         ("teacher.ckpt_path={evil}",),
@@ -224,6 +236,12 @@ CASES = [
         "export.py",
         ("run={evil_run}",),
         "is not a readable tierkit checkpoint (UnpicklingError",
+    ),
+    Case(
+        "python export.py run=<run whose checkpoint was changed after training>",
+        "export.py",
+        ("run={changed_run}",),
+        "changed after it was saved",
     ),
     Case(
         "python -m tierkit.runtime select --manifest /no/manifest.json",
@@ -283,6 +301,16 @@ def workspace(tmp_path_factory):
     evil_run = root / "evil_run"
     (evil_run / "checkpoints").mkdir(parents=True)
     shutil.copy(evil, evil_run / "checkpoints" / "best.ckpt")
+    changed_run = root / "changed_run"
+    shutil.copytree(run, changed_run)
+    for path in (changed_run / "checkpoints").glob("*.ckpt"):
+        checkpoint = torch.load(path, weights_only=True)
+        next(iter(checkpoint["state_dict"].values())).view(-1)[0] += 1.0
+        torch.save(checkpoint, path)
+    changed_teacher = root / "changed_teacher.pt"
+    teacher = torch.load(next((root / "cache").rglob("teacher.pt")), weights_only=True)
+    teacher["metrics"]["test_acc"] = 1.0
+    torch.save(teacher, changed_teacher)
     tampered = root / "tampered"
     shutil.copytree(export, tampered)
     # Every model file altered: which variant the runtime picks depends on the measured latencies.
@@ -300,6 +328,8 @@ def workspace(tmp_path_factory):
         "export": export,
         "evil": evil,
         "evil_run": evil_run,
+        "changed_run": changed_run,
+        "changed_teacher": changed_teacher,
         "tampered": tampered,
         "batch": root / "batch.npy",
         "empty": root / "empty.npy",

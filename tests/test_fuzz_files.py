@@ -1,11 +1,12 @@
-"""Checkpoint and teacher files truncated or with one bit flipped, fuzzed with hypothesis: each is read as it was
-or refused with a TierkitError naming the file, never another exception.
+"""Checkpoint and teacher files truncated or with one bit flipped, fuzzed with hypothesis: each is refused with a
+TierkitError naming the file, or it loads exactly what was saved, never another exception.
 
-A flipped bit inside a tensor's bytes loads without complaint: these files carry no digest of their own (export
-records each ONNX file's sha256 in the manifest, and the runtime checks it). The statistics of a run with
---hypothesis-show-statistics count how often that happened.
+tierkit's own files (training checkpoints, cached teachers) carry a sha256 of their weights and of the config
+that rebuilds them, so a flipped bit in a tensor's bytes is refused too; a plain state_dict has no digest and
+such a change loads unnoticed. The statistics of a run with --hypothesis-show-statistics count each outcome.
 """
 
+import io
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,12 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
+from tierkit.distill.teacher import TEACHER_FORMAT
 from tierkit.errors import TierkitError
 from tierkit.models.build import build_student
-from tierkit.models.checkpoint import CHECKPOINT_FORMAT, load_student
+from tierkit.models.checkpoint import CHECKPOINT_FORMAT, checkpoint_digest, load_student
 from tierkit.models.structure import describe_structure
-from tierkit.models.weights import read_weights_file
+from tierkit.models.weights import read_weights_file, teacher_digest
 
 from conftest import FAST, compose_train
 
@@ -34,7 +36,8 @@ class Files(dict):
 
 @pytest.fixture(scope="module")
 def intact(tmp_path_factory) -> Files:
-    """A training checkpoint as DistillationModule writes its tierkit part, and a plain state_dict file."""
+    """A training checkpoint as DistillationModule writes its tierkit part, a cached teacher file as the teacher
+    stage writes it, and a plain state_dict file."""
     folder = tmp_path_factory.mktemp("files")
     cfg = compose_train(folder, *FAST)
     student = build_student(cfg)
@@ -47,9 +50,17 @@ def intact(tmp_path_factory) -> Files:
             "qat": None,
         },
     }
+    checkpoint["tierkit"]["digest"] = checkpoint_digest(checkpoint)
     torch.save(checkpoint, folder / "best.ckpt")
+    cached = {"format": TEACHER_FORMAT, "input_shape": [1, 28, 28], "num_classes": 10, "metrics": {"val_acc": 0.9}}
+    cached["state_dict"] = student.state_dict()
+    torch.save({**cached, "digest": teacher_digest(cached)}, folder / "cached_teacher.pt")
     torch.save(student.state_dict(), folder / "teacher.pt")
-    return Files({name: (folder / name).read_bytes() for name in ("best.ckpt", "teacher.pt")})
+    return Files({name: (folder / name).read_bytes() for name in ("best.ckpt", "cached_teacher.pt", "teacher.pt")})
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
 
 
 def damaged(original: bytes, truncate: bool, position: int) -> bytes:
@@ -69,6 +80,29 @@ def test_the_intact_files_load(intact, tmp_path):
     assert config.tier.name == "midrange" and sum(p.numel() for p in student.parameters()) > 0
     weights, _, kind = read_weights_file(tmp_path / "teacher.pt", where="teacher.ckpt_path")
     assert kind == "state_dict" and weights
+    cached, metadata, kind = read_weights_file(tmp_path / "cached_teacher.pt", where="teacher.ckpt_path")
+    assert kind == "tierkit teacher" and same_tensors(cached, weights) and len(metadata["digest"]) == 64
+
+
+def test_a_changed_weight_or_config_in_tierkits_own_files_is_refused(intact, tmp_path):
+    path = tmp_path / "best.ckpt"
+    path.write_bytes(intact["best.ckpt"])
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["state_dict"][next(iter(checkpoint["state_dict"]))].view(-1)[0] += 1e-3
+    torch.save(checkpoint, path)
+    with pytest.raises(TierkitError, match="changed after it was saved"):
+        load_student(path)
+    checkpoint = torch.load(io.BytesIO(intact["best.ckpt"]), weights_only=True)
+    checkpoint["tierkit"]["config"]["model"]["student"]["width"] = 0.5
+    torch.save(checkpoint, path)
+    with pytest.raises(TierkitError, match="changed after it was saved"):
+        load_student(path)
+    teacher = tmp_path / "cached_teacher.pt"
+    payload = torch.load(io.BytesIO(intact["cached_teacher.pt"]), weights_only=True)
+    payload["metrics"]["val_acc"] = 0.99
+    torch.save(payload, teacher)
+    with pytest.raises(TierkitError, match="changed after tierkit saved it"):
+        read_weights_file(teacher, where="teacher.ckpt_path")
 
 
 DAMAGE = {"truncate": st.booleans(), "position": st.integers(min_value=0, max_value=2**40)}
@@ -80,25 +114,35 @@ DAMAGE = {"truncate": st.booleans(), "position": st.integers(min_value=0, max_va
 # ConfigAttributeError.
 @example(truncate=False, position=768)
 @example(truncate=False, position=11118408)
-def test_a_damaged_training_checkpoint_loads_or_is_refused(intact, tmp_path, truncate, position):
+def test_a_damaged_training_checkpoint_is_refused_or_loads_unchanged(intact, tmp_path, truncate, position):
     path = tmp_path / "best.ckpt"
+    path.write_bytes(intact["best.ckpt"])
+    original, original_config = load_student(path)
     path.write_bytes(damaged(intact["best.ckpt"], truncate, position))
     try:
-        load_student(path)
-        event("loaded (the change fell in tensor data or padding)")
+        student, config = load_student(path)
     except TierkitError as exc:
         event("refused")
         assert str(path) in exc.render()
+        return
+    event("loaded unchanged (the change fell outside what the digest covers)")
+    assert same_tensors(student.state_dict(), original.state_dict()) and config == original_config
 
 
 @FUZZ
-@given(**DAMAGE)
-def test_a_damaged_teacher_file_loads_or_is_refused(intact, tmp_path, truncate, position):
-    path = tmp_path / "teacher.pt"
-    path.write_bytes(damaged(intact["teacher.pt"], truncate, position))
+@given(name=st.sampled_from(["cached_teacher.pt", "teacher.pt"]), **DAMAGE)
+def test_a_damaged_teacher_file_is_refused_or_loads(intact, tmp_path, name, truncate, position):
+    """A cached teacher (with its digest) loads only unchanged; a plain state_dict may load changed data."""
+    path = tmp_path / name
+    path.write_bytes(intact["teacher.pt"])
+    original, _, _ = read_weights_file(path, where="teacher.ckpt_path")
+    path.write_bytes(damaged(intact[name], truncate, position))
     try:
-        read_weights_file(path, where="teacher.ckpt_path")
-        event("loaded (the change fell in tensor data or padding)")
+        weights, _, _ = read_weights_file(path, where="teacher.ckpt_path")
     except TierkitError as exc:
-        event("refused")
+        event(f"{name}: refused")
         assert exc.where == "teacher.ckpt_path" and str(Path(path)) in exc.what
+        return
+    unchanged = same_tensors(weights, original)
+    event(f"{name}: loaded {'unchanged' if unchanged else 'changed data'}")
+    assert unchanged or name == "teacher.pt"

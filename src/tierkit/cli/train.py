@@ -23,6 +23,7 @@ from tierkit.cli.deprecated import apply_renamed_keys
 from tierkit.conf import CONFIG_DIR
 from tierkit.conf.validate import validate_train_config
 from tierkit.errors import TierkitError
+from tierkit.models.checkpoint import verify_checkpoint
 from tierkit.run_folder import RunFolder
 from tierkit.stages.finetune import finetune
 from tierkit.stages.run import run_recipe
@@ -74,7 +75,8 @@ def resolve_resume(cfg: DictConfig) -> tuple[str | None, dict[str, Any], DictCon
     if not path.is_file():
         raise TierkitError(f"checkpoint {path} does not exist", where="ckpt_path", fix="pass an existing .ckpt file")
     try:
-        saved = load_torch(path)["tierkit"]
+        checkpoint = load_torch(path)
+        saved = checkpoint["tierkit"]
         config = saved["config"]
     except Exception as exc:
         raise TierkitError(
@@ -82,6 +84,7 @@ def resolve_resume(cfg: DictConfig) -> tuple[str | None, dict[str, Any], DictCon
             where="ckpt_path",
             fix="pass checkpoints/last.ckpt or best.ckpt from a tierkit run folder",
         ) from exc
+    verify_checkpoint(checkpoint, path, where="ckpt_path")
     with open_dict(cfg):
         for section in MODEL_DEFINING_SECTIONS:
             if section in config:

@@ -11,7 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from tierkit.distill.losses import distillation_loss
 from tierkit.errors import TierkitError
-from tierkit.models.checkpoint import CHECKPOINT_FORMAT
+from tierkit.models.checkpoint import CHECKPOINT_FORMAT, checkpoint_digest
 from tierkit.models.qat import prepare_qat, qat_settings
 from tierkit.models.structure import apply_structure, describe_structure
 from tierkit.utils.resume import restart_epoch_at_its_start
@@ -158,7 +158,7 @@ class DistillationModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the composed config and the layer shapes (pruning changes them), so export and resume
-        rebuild this exact model rather than today's defaults."""
+        rebuild this exact model rather than today's defaults, and a digest that catches later damage."""
         checkpoint["tierkit"] = {
             "format": CHECKPOINT_FORMAT,
             "config": self.run_config,
@@ -166,6 +166,7 @@ class DistillationModule(L.LightningModule):
             "qat": qat_settings(self.student),
             "fp32_checkpoint": self.fp32_checkpoint,
         }
+        checkpoint["tierkit"]["digest"] = checkpoint_digest(checkpoint)
         restart_epoch_at_its_start(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -11,10 +11,35 @@ from tierkit.models.build import build_student
 from tierkit.models.qat import prepare_qat
 from tierkit.models.structure import apply_structure
 from tierkit.run_folder import RunFolder
+from tierkit.utils.digest import content_digest
 from tierkit.utils.files import load_torch, save_torch
 
 # Bumped whenever the "tierkit" entry of a checkpoint changes meaning; readers refuse other formats.
 CHECKPOINT_FORMAT = 1
+# What rebuilding the student reads from the "tierkit" entry, besides its weights: what the digest covers.
+DIGESTED = ("format", "config", "structure", "qat")
+
+
+def checkpoint_digest(checkpoint: dict) -> str:
+    """The digest of the student's weights and of what rebuilds it, as stored under ``tierkit.digest``."""
+    saved, state = checkpoint["tierkit"], checkpoint.get("state_dict")
+    weights = {k: v for k, v in state.items() if str(k).startswith("student.")} if isinstance(state, dict) else {}
+    return content_digest(weights, {key: saved.get(key) for key in DIGESTED})
+
+
+def verify_checkpoint(checkpoint: dict, path: str | Path, where: str) -> None:
+    """Refuse a checkpoint whose content no longer matches the digest written with it (damaged after saving).
+
+    Checkpoints written before tierkit stored a digest have none and are read as they are.
+    """
+    recorded = checkpoint["tierkit"].get("digest")
+    if recorded is not None and recorded != checkpoint_digest(checkpoint):
+        raise TierkitError(
+            f"{path} changed after it was saved: its weights or run config no longer match the sha256 "
+            "recorded in it (damaged on disk or in transfer)",
+            where=where,
+            fix="use another checkpoint of the run (last.ckpt or best.ckpt), copy it again, or retrain",
+        )
 
 
 def load_student(path: str | Path) -> tuple[nn.Module, DictConfig]:
@@ -40,6 +65,7 @@ def load_student(path: str | Path) -> tuple[nn.Module, DictConfig]:
             where=str(path),
             fix="export it with the tierkit release that trained it, or retrain with this one",
         )
+    verify_checkpoint(checkpoint, path, where=str(path))
     try:
         config = OmegaConf.create(saved["config"])
         student = build_student(config, where=str(path))

@@ -10,10 +10,17 @@ import torch
 from torch import nn
 
 from tierkit.errors import TierkitError
+from tierkit.utils.digest import content_digest
 from tierkit.utils.files import load_torch
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 SHOWN_KEYS = 5
+
+
+def teacher_digest(payload: dict[str, Any]) -> str:
+    """The digest of a tierkit teacher file: its weights and every other entry but the digest itself."""
+    metadata = {key: value for key, value in payload.items() if key not in ("state_dict", "digest")}
+    return content_digest(payload["state_dict"], metadata)
 
 
 def read_weights_file(path: Path, where: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
@@ -31,6 +38,13 @@ def read_weights_file(path: Path, where: str) -> tuple[dict[str, torch.Tensor], 
         raise TierkitError(f"cannot read {path}: {exc}", where=where, fix=fix) from exc
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         kind = "tierkit teacher" if "format" in payload and "input_shape" in payload else "Lightning checkpoint"
+        recorded = payload.get("digest") if kind == "tierkit teacher" else None
+        if recorded is not None and recorded != teacher_digest(payload):
+            raise TierkitError(
+                f"{path} changed after tierkit saved it: its content no longer matches the sha256 recorded in it",
+                where=where,
+                fix="delete the file (a cached teacher is retrained on the next run) or copy it again",
+            )
         return payload["state_dict"], {k: v for k, v in payload.items() if k != "state_dict"}, kind
     if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
         return payload, {}, "state_dict"

@@ -19,6 +19,7 @@ from torch import nn
 
 from tierkit.distill.teacher import TEACHER_FORMAT, load_teacher, teacher_cache_key
 from tierkit.models.build import build_model, model_name
+from tierkit.models.weights import teacher_digest
 from tierkit.run_folder import RunFolder
 from tierkit.stages.evaluate import split_accuracy
 from tierkit.stages.trainer import build_trainer, recipe_module
@@ -64,7 +65,7 @@ def train_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, key: str) 
         module.load_state_dict(best["state_dict"])
     val_acc = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-    return {
+    payload = {
         "format": TEACHER_FORMAT,
         "key": key,
         "model_config": OmegaConf.to_container(cfg.model.teacher, resolve=True),
@@ -73,6 +74,7 @@ def train_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, key: str) 
         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
         "metrics": {"val_acc": val_acc, "test_acc": float(test["test/acc"]), "epochs": int(cfg.teacher.max_epochs)},
     }
+    return {**payload, "digest": teacher_digest(payload)}
 
 
 def check_loaded_teacher(teacher: nn.Module, datamodule: L.LightningDataModule, path: str) -> dict[str, float]:
