@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs tierkit into ./.venv. torch comes first as the local CPU wheel; everything else is
 # installed against constraints.txt, which pins torch to that build so pip never pulls CUDA packages.
-# Usage: bash scripts/install.sh [--dev]
+# Usage: bash scripts/install.sh [--dev] [--peers]   (--peers: NNCF and OpenVINO, for benchmarks/compare.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +20,16 @@ if [ -z "$python_bin" ]; then
 fi
 
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
-extras=""
-[ "${1:-}" = "--dev" ] && extras="[dev]"
+extras=()
+for arg in "$@"; do
+  case "$arg" in
+    --dev) extras+=(dev) ;;
+    --peers) extras+=(peers) ;;
+    *) echo "error: unknown option $arg (use --dev and/or --peers)" >&2; exit 2 ;;
+  esac
+done
+extras=$(IFS=,; echo "${extras[*]}")
+[ -n "$extras" ] && extras="[$extras]"
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".${extras}"
 echo "tierkit installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
