@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import onnx
 import torch
+import torch_pruning as tp
 from lightning.pytorch.callbacks import ModelPruning
 from onnxruntime.quantization import quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -42,22 +43,21 @@ def ort_default_int8(fp32_path: Path, out_path: Path, samples: np.ndarray, batch
     return out_path
 
 
-def modelpruning_copy(
-    model: torch.nn.Module, datamodule: L.LightningDataModule, amount: float, epochs: int, lr: float
+def fit_with_labels(
+    model: torch.nn.Module, datamodule: L.LightningDataModule, epochs: int, lr: float, callbacks: list | None = None
 ) -> torch.nn.Module:
-    """A copy of ``model`` pruned by Lightning's ModelPruning (global L1, unstructured) after the first epoch,
-    then fine-tuned with its masks for the remaining epochs; the masks are made permanent at the end."""
-    pruned = copy.deepcopy(model).train()
-    for parameter in pruned.parameters():
+    """Train every parameter of ``model`` with cross-entropy on the labels (AdamW at ``lr``) for ``epochs``."""
+    model.train()
+    for parameter in model.parameters():
         parameter.requires_grad_(True)
     module = DistillationModule(
-        pruned, datamodule.num_classes, optimizer=functools.partial(torch.optim.AdamW, lr=lr), alpha=0.0
+        model, datamodule.num_classes, optimizer=functools.partial(torch.optim.AdamW, lr=lr), alpha=0.0
     )
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
         max_epochs=epochs,
-        callbacks=[ModelPruning("l1_unstructured", amount=amount, apply_pruning=PruneOnceAt(0), verbose=0)],
+        callbacks=callbacks or [],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -65,7 +65,40 @@ def modelpruning_copy(
         num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=datamodule)
-    return pruned.eval()
+    return model.eval()
+
+
+def modelpruning_copy(
+    model: torch.nn.Module, datamodule: L.LightningDataModule, amount: float, epochs: int, lr: float
+) -> torch.nn.Module:
+    """A copy of ``model`` pruned by Lightning's ModelPruning (global L1, unstructured) after the first epoch,
+    then fine-tuned with its masks for the remaining epochs; the masks are made permanent at the end."""
+    pruning = ModelPruning("l1_unstructured", amount=amount, apply_pruning=PruneOnceAt(0), verbose=0)
+    return fit_with_labels(copy.deepcopy(model), datamodule, epochs, lr, [pruning])
+
+
+def torch_pruning_copy(
+    model: torch.nn.Module, datamodule: L.LightningDataModule, ratio: float, epochs: int, lr: float
+) -> torch.nn.Module:
+    """A copy of ``model`` with ``ratio`` of its channels removed by torch-pruning as its README shows (one shot,
+    group L2 magnitude, the classifier kept whole), then fine-tuned on the labels for ``epochs``."""
+    pruned = copy.deepcopy(model).eval()
+    # torch-pruning traces layer dependencies through autograd: a frozen teacher would show it none.
+    for parameter in pruned.parameters():
+        parameter.requires_grad_(True)
+    before = sum(p.numel() for p in pruned.parameters())
+    classes = datamodule.num_classes
+    classifier = [m for m in pruned.modules() if isinstance(m, torch.nn.Linear) and m.out_features == classes]
+    tp.pruner.BasePruner(
+        pruned,
+        torch.zeros(1, *datamodule.input_shape),
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=ratio,
+        ignored_layers=classifier,
+    ).step()
+    if sum(p.numel() for p in pruned.parameters()) == before:
+        raise RuntimeError(f"torch-pruning removed no channel from {type(model).__name__}")
+    return fit_with_labels(pruned, datamodule, epochs, lr)
 
 
 def zero_fraction(model: torch.nn.Module) -> float:

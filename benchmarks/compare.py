@@ -1,18 +1,21 @@
 """tierkit's headline figures side by side with what a user would otherwise do, on one machine in one run.
 
-    python -m benchmarks.compare [--quick] [--tiers SWEEP] [--readme] [--out DIR]
+    python -m benchmarks.compare [--data NAME] [--quick] [--tiers SWEEP] [--readme] [--out DIR]
 
-Rows: the teacher in FP32 (the reference), the teacher quantized by ONNX Runtime's own static INT8 recipe,
-the teacher pruned by Lightning's ModelPruning at 50% (masks, then fine-tuned), the default student trained
-alone and with distillation, and the variant `python export.py` ships for each of the three tiers. Every
-ONNX file is measured in the same run: test accuracy in ONNX Runtime, size, batch-1 latency (p50, p90) on one
-thread and on all threads, and throughput at batch 32, timed interleaved after warm-up. Then the training
-loop's cost: Lightning distillation steps per second against a plain PyTorch loop doing the same work, and a
-distillation epoch with and without the teacher-logit cache.
+Rows: the teacher in FP32 (the reference); the teacher made smaller by the tools a user would pick instead, each
+with its own recipe and defaults: ONNX Runtime's static INT8, Lightning's ModelPruning at 50%, torch-pruning at 50%
+of channels fine-tuned for a tier's epochs then ONNX Runtime's INT8, and NNCF's INT8 (plain, and with accuracy
+control at a 1-point budget) run in OpenVINO; the default student trained alone and with distillation (several
+seeds); and the variant `python export.py` ships for each of the three tiers. Every file is measured in the same
+run: test accuracy in its runtime, size, batch-1 latency (p50, p90) on one thread and on all threads, and
+throughput at batch 32, all models timed interleaved after warm-up. Then the hardware's floor (the best MAC rate
+of a large convolution and matrix product, FP32 and INT8), the pipeline's wall time per stage, the training loop's
+cost, and each target printed as PASS or MISS.
 
-The full mode (default, about 15 minutes on 2 cores with the teacher cached) trains everything on mnist5k
-and writes benchmarks/results/compare.{json,md,png}; --readme also puts the tables into README.md. --quick
-runs the same steps on tiny synthetic data in about a minute, as a smoke test, and writes under --out.
+The full mode trains everything on the default data (--data fashion_mnist: the full Fashion-MNIST, with that
+dataset's targets) and writes benchmarks/results/compare[_<data>].{json,md,png}; --readme also puts the tables
+into README.md. --quick runs the same steps on tiny synthetic data in a few minutes, as a smoke test, and writes
+under --out.
 """
 
 import argparse
@@ -21,25 +24,37 @@ import re
 import statistics
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-from benchmarks.baselines import modelpruning_copy, ort_default_int8, zero_fraction
-from benchmarks.common import RESULTS, describe, save_results, train_with
+from benchmarks.baselines import modelpruning_copy, ort_default_int8, torch_pruning_copy, zero_fraction
+from benchmarks.common import RESULTS, describe, save_results, spread, train_with
+from benchmarks.latency_floor import floor_ms, mac_rates
+from benchmarks.openvino_peers import (
+    compiled_model,
+    nncf_int8,
+    nncf_int8_accuracy_control,
+    openvino_accuracy,
+    openvino_probe,
+)
 from benchmarks.train_loop import kd_epoch_seconds, lightning_steps_per_second, plain_steps_per_second
 from tierkit.conf import CONFIG_DIR
 from tierkit.distill.module import freeze
+from tierkit.distill.teacher import teacher_cache_key
 from tierkit.models.build import build_student
 from tierkit.models.checkpoint import load_student
 from tierkit.onnxio import export_onnx, onnx_accuracy
-from tierkit.profile.latency import ort_session
+from tierkit.profile.latency import latency_probe, measure_latency, ort_session, setting_session
 from tierkit.profile.settings import load_settings
-from tierkit.profile.variants import profile_models
+from tierkit.profile.variants import latency_row
 from tierkit.quant import calibration_samples
+from tierkit.run_folder import RunFolder
 from tierkit.stages.export import export
 from tierkit.stages.teacher import obtain_teacher
 from tierkit.utils.instantiate import instantiate
@@ -56,10 +71,25 @@ ROWS = {
     "teacher": "FP32, the reference",
     "teacher ORT INT8": "onnxruntime `quantize_static`, its defaults",
     "teacher ModelPruning 50%": "Lightning `ModelPruning`, L1 unstructured",
+    "teacher torch-pruning 50% + ORT INT8": "torch-pruning, 50% of channels (group L2), fine-tuned, then "
+    "`quantize_static`",
+    "teacher NNCF INT8": "`nncf.quantize`, its defaults; OpenVINO runtime",
+    "teacher NNCF INT8, accuracy control": "`nncf.quantize_with_accuracy_control`, at most 1 point lost on "
+    "validation; OpenVINO runtime",
     "student alone": "default student, labels only, FP32",
     "student + KD": "default student distilled, FP32",
     **{f"tierkit {tier}": "" for tier in TIERS},
 }
+# The tools a user would pick instead: what lowend has to beat on accuracy, size and latency together.
+PEERS = [name for name in ROWS if name.startswith("teacher ") and name != "teacher"]
+OPENVINO_ROWS = {"teacher NNCF INT8", "teacher NNCF INT8, accuracy control"}
+NNCF_MAX_DROP = 0.01
+# Targets that are only meaningful on one dataset (from published results on it), by data= option.
+DATASET_TARGETS = {
+    "fashion_mnist": {"teacher_acc": 0.935, "lowend_acc": 0.925, "lowend_params": 20_000, "smaller": 20, "faster": 8}
+}
+DISTILLATION_GAIN_POINTS = 0.5
+FLOOR_MULTIPLE = 3.0
 
 
 @dataclass(frozen=True)
@@ -75,9 +105,11 @@ class Mode:
     loop_warmup: int
     loop_repeats: int
     kd_epochs: int
+    seeds: tuple[int, ...]
+    floor_repeats: int
 
 
-FULL = Mode((), 3, 600, 100, 50, 100, 10, 3, 6)
+FULL = Mode((), 3, 600, 100, 50, 100, 10, 3, 6, (1, 2, 3), 50)
 QUICK = Mode(
     (
         "data=synthetic",
@@ -98,12 +130,14 @@ QUICK = Mode(
     2,
     1,
     3,
+    (1,),
+    5,
 )
 
 
-def base_config(scratch: Path, mode: Mode, cache: list[str]):
+def base_config(scratch: Path, overrides: list[str]):
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=[f"paths.output_dir={scratch / 'base'}", *cache, *mode.data])
+        return compose("train", overrides=[f"paths.output_dir={scratch / 'base'}", *overrides])
 
 
 def student_file(metrics: dict, out: Path, shape: tuple[int, ...]) -> Path:
@@ -136,13 +170,35 @@ def tier_files(tiers: Path, out: Path, mode: Mode) -> dict[str, Path]:
     return {f"tierkit {tier}": out / shipped[tier]["file"] for tier in TIERS}
 
 
-def build_files(scratch: Path, mode: Mode, tiers: Path | None, cache: list[str]) -> tuple[dict, dict, object, dict]:
-    """Every model to compare as an ONNX file, plus notes per row, the datamodule and what the loop needs."""
-    cfg = base_config(scratch, mode, cache)
-    datamodule = instantiate(cfg.data, where="data")
-    datamodule.setup()
-    shape = tuple(cfg.data.input_shape)
-    teacher = freeze(obtain_teacher(cfg, datamodule)[0])
+@dataclass
+class Built:
+    """Everything the run made before timing: the files to compare and what the checks need besides them."""
+
+    files: dict[str, Path]
+    notes: dict[str, str]
+    datamodule: object
+    models: dict
+    tier_metrics: dict[str, dict]
+    student_accuracies: dict[str, list[float]]
+    stages: dict[str, tuple[float | None, str]]
+
+
+def tier_runs(tiers: Path) -> dict[str, dict]:
+    """metrics.json of each tier's run under ``tiers`` (a sweep or a folder of runs), by tier name."""
+    found = {}
+    for path in sorted(tiers.rglob("metrics.json")):
+        metrics = RunFolder(path.parent).read_metrics()
+        if metrics is not None:
+            found[metrics.tier] = metrics.to_dict()
+    missing = [tier for tier in TIERS if tier not in found]
+    if missing:
+        sys.exit(f"{tiers} holds no finished run of tier(s) {missing}; train them, or drop --tiers")
+    return found
+
+
+def teacher_rows(teacher, datamodule, scratch: Path, mode: Mode, lowend_epochs: int) -> tuple[dict, dict]:
+    """The teacher and what each peer tool makes of it, as files, with notes for the table."""
+    shape = tuple(datamodule.input_shape)
     files, notes = {}, {}
     print("teacher: FP32 and ONNX Runtime INT8", flush=True)
     files["teacher"] = export_onnx(teacher, scratch / "teacher_fp32.onnx", shape)
@@ -152,41 +208,104 @@ def build_files(scratch: Path, mode: Mode, tiers: Path | None, cache: list[str])
     pruned = modelpruning_copy(teacher, datamodule, 0.5, mode.modelpruning_epochs, lr=1e-3)
     notes["teacher ModelPruning 50%"] = f"{100 * zero_fraction(pruned):.0f}% zero weights"
     files["teacher ModelPruning 50%"] = export_onnx(pruned, scratch / "teacher_modelpruning.onnx", shape)
-    unpruned_fp32 = [*cache, *mode.data, "~callbacks.pruning", "quantization=off"]
+    print(f"teacher: torch-pruning 50%, {lowend_epochs} epochs (lowend's), then ONNX Runtime INT8", flush=True)
+    slim = torch_pruning_copy(teacher, datamodule, 0.5, lowend_epochs, lr=1e-3)
+    slim_fp32 = export_onnx(slim, scratch / "teacher_torch_pruning_fp32.onnx", shape)
+    name = "teacher torch-pruning 50% + ORT INT8"
+    files[name] = ort_default_int8(slim_fp32, scratch / "teacher_torch_pruning_int8.onnx", samples)
+    notes[name] = f"{sum(p.numel() for p in slim.parameters()):,} parameters, {lowend_epochs} epochs"
+    print("teacher: NNCF INT8, plain and with accuracy control", flush=True)
+    files["teacher NNCF INT8"] = nncf_int8(files["teacher"], scratch / "teacher_nncf_int8.onnx", samples)
+    files["teacher NNCF INT8, accuracy control"] = nncf_int8_accuracy_control(
+        files["teacher"], scratch / "teacher_nncf_accuracy_control.onnx", samples, datamodule, NNCF_MAX_DROP
+    )
+    return files, notes
+
+
+def build_files(scratch: Path, mode: Mode, tiers: Path | None, overrides: list[str]) -> Built:
+    """Every model to compare as a file, and the per-seed accuracies, tier metrics and stage times the checks use."""
+    cfg = base_config(scratch, overrides)
+    datamodule = instantiate(cfg.data, where="data")
+    datamodule.setup()
+    shape = tuple(cfg.data.input_shape)
+    cached = (Path(cfg.teacher.cache_dir) / teacher_cache_key(cfg) / "teacher.pt").is_file()
+    began = time.perf_counter()
+    teacher, info = obtain_teacher(cfg, datamodule)
+    teacher = freeze(teacher)
+    stages = {
+        "teacher": (info.get("train_seconds"), "cached: the time recorded when it was trained")
+        if cached
+        else (time.perf_counter() - began, "trained in this run")
+    }
+    lowend_epochs = int(base_config(scratch, [*overrides, "tier=lowend"]).trainer.max_epochs)
+    files, notes = teacher_rows(teacher, datamodule, scratch, mode, lowend_epochs)
+    unpruned_fp32 = [*overrides, "~callbacks.pruning", "quantization=off"]
+    accuracies = {}
     for name, extra in (("student alone", ["distill.alpha=0"]), ("student + KD", [])):
-        print(f"training {name}", flush=True)
-        metrics = train_with([*unpruned_fp32, *extra], scratch / name.replace(" ", "_").replace("+", "kd"))
-        files[name] = student_file(metrics, scratch / f"{name.replace(' ', '_').replace('+', 'kd')}.onnx", shape)
+        slug = name.replace(" ", "_").replace("+", "kd")
+        accuracies[name] = []
+        for seed in mode.seeds:
+            print(f"training {name}, seed {seed}", flush=True)
+            metrics = train_with([*unpruned_fp32, *extra, f"seed={seed}"], scratch / f"{slug}_{seed}")
+            accuracies[name].append(metrics["student"]["test_acc"])
+            if seed == mode.seeds[0]:
+                files[name] = student_file(metrics, scratch / f"{slug}.onnx", shape)
+        notes[name] = f"seed {mode.seeds[0]} (of {len(mode.seeds)} for the distillation check)"
     if tiers is None:
         tiers = scratch / "tiers"
         for tier in TIERS:
             print(f"training tier={tier}", flush=True)
-            train_with([*cache, *mode.data, f"tier={tier}"], tiers / tier)
-    files.update(tier_files(tiers, scratch / "export", mode))
+            train_with([*overrides, f"tier={tier}"], tiers / tier)
+    tier_metrics = tier_runs(tiers)
     for tier in TIERS:
-        notes[f"tierkit {tier}"] = f"ships {files[f'tierkit {tier}'].stem}"
-    student = build_student(cfg)
-    return files, notes, datamodule, {"student": student, "teacher": teacher}
+        stages[f"tier {tier}: distil, prune, quantize"] = (tier_metrics[tier]["train_seconds"], "")
+    began = time.perf_counter()
+    files.update(tier_files(tiers, scratch / "export", mode))
+    stages["export: three tiers, profiled"] = (time.perf_counter() - began, "")
+    for tier in TIERS:
+        notes[f"tierkit {tier}"] = (
+            f"ships {files[f'tierkit {tier}'].stem}; {tier_metrics[tier]['student']['params']:,} parameters"
+        )
+    models = {"student": build_student(cfg), "teacher": teacher}
+    return Built(files, notes, datamodule, models, tier_metrics, accuracies, stages)
+
+
+def timing_probes(files: dict[str, Path], setting, batch) -> dict:
+    """One probe per file under ``setting``'s threads, each in the runtime its row names."""
+    return {
+        name: openvino_probe(compiled_model(path, setting.intra_op_num_threads), batch)
+        if name in OPENVINO_ROWS
+        else latency_probe(setting_session(path, setting), batch)
+        for name, path in files.items()
+    }
 
 
 def measure_models(files: dict[str, Path], datamodule, mode: Mode) -> list[dict]:
     settings, _ = load_settings(CONFIG_DIR / "hardware", list(SETTINGS), ["ORT_ENABLE_ALL"])
-    shape = list(datamodule.input_shape)
+    rng = np.random.default_rng(0)
+    single = rng.standard_normal((1, *datamodule.input_shape)).astype(np.float32)
+    many = rng.standard_normal((THROUGHPUT_BATCH, *datamodule.input_shape)).astype(np.float32)
     print(f"timing {len(files)} models interleaved under {', '.join(SETTINGS)}", flush=True)
-    latency = profile_models(
-        files, shape, list(settings), mode.repeats, mode.warmup, THROUGHPUT_BATCH, mode.throughput_repeats
-    )
+    latency = {name: {} for name in files}
+    for setting in settings:
+        single_ms = measure_latency(timing_probes(files, setting, single), mode.repeats, mode.warmup)
+        batch_ms = measure_latency(timing_probes(files, setting, many), mode.throughput_repeats, warmup=2)
+        for name in files:
+            latency[name][setting.hardware] = latency_row(setting, single_ms[name], batch_ms[name], THROUGHPUT_BATCH)
     rows = []
     for name, path in files.items():
-        by_setting = {row["hardware"]: row for row in latency[name]}
+        openvino = name in OPENVINO_ROWS
         rows.append(
             {
                 "model": name,
                 "file": path.name,
+                "runtime": "OpenVINO" if openvino else "ONNX Runtime",
                 "bytes": path.stat().st_size,
-                "accuracy": onnx_accuracy(ort_session(path), datamodule),
-                **{f"{hw}_{key}": by_setting[hw][key] for hw in SETTINGS for key in ("p50_ms", "p90_ms")},
-                **{f"{hw}_throughput_per_s": by_setting[hw]["throughput_per_s"] for hw in SETTINGS},
+                "accuracy": openvino_accuracy(path, datamodule)
+                if openvino
+                else onnx_accuracy(ort_session(path), datamodule),
+                **{f"{hw}_{key}": latency[name][hw][key] for hw in SETTINGS for key in ("p50_ms", "p90_ms")},
+                **{f"{hw}_throughput_per_s": latency[name][hw]["throughput_per_s"] for hw in SETTINGS},
             }
         )
     reference = rows[0]
@@ -224,47 +343,127 @@ def measure_loop(models: dict, datamodule, mode: Mode) -> dict:
     }
 
 
-def verdict(rows: list[dict]) -> dict:
-    """The issue's bar: lowend beats both teacher baselines on size and latency, within 1 point of the teacher."""
+def check(name: str, passed: bool, detail: str) -> dict:
+    return {"name": name, "passed": bool(passed), "detail": detail}
+
+
+def pareto_check(lowend: dict, peer: dict) -> dict:
+    """Does lowend match or beat ``peer`` on accuracy, file size and single-thread latency at once?"""
+    losses = []
+    if lowend["accuracy"] < peer["accuracy"]:
+        losses.append(f"accuracy {100 * lowend['accuracy']:.2f}% vs {100 * peer['accuracy']:.2f}%")
+    if lowend["bytes"] > peer["bytes"]:
+        losses.append(f"size {lowend['bytes'] / 1024:.1f} vs {peer['bytes'] / 1024:.1f} KiB")
+    if lowend["cpu_1thread_p50_ms"] > peer["cpu_1thread_p50_ms"]:
+        losses.append(f"latency {lowend['cpu_1thread_p50_ms']:.4f} vs {peer['cpu_1thread_p50_ms']:.4f} ms")
+    detail = "loses on " + "; ".join(losses) if losses else "at least as accurate, small and fast"
+    return check(f"lowend Pareto-dominates {peer['model']}", not losses, detail)
+
+
+def checks(rows: list[dict], built: Built, floor: dict, data: str | None) -> list[dict]:
+    """Every target of the comparison, each one PASS or MISS with the figures behind it."""
     by_name = {row["model"]: row for row in rows}
-    lowend = by_name["tierkit lowend"]
-    baselines = [by_name["teacher ORT INT8"], by_name["teacher ModelPruning 50%"]]
-    checks = {f"smaller than {b['model']}": lowend["bytes"] < b["bytes"] for b in baselines} | {
-        f"faster than {b['model']} ({hw})": lowend[f"{hw}_p50_ms"] < b[f"{hw}_p50_ms"]
-        for b in baselines
-        for hw in SETTINGS
+    teacher, lowend = by_name["teacher"], by_name["tierkit lowend"]
+    results = [pareto_check(lowend, by_name[peer]) for peer in PEERS]
+    results.append(
+        check(
+            "lowend within 1 point of the teacher",
+            lowend["drop_points"] <= 1.0,
+            f"{-lowend['drop_points']:+.2f} points against the teacher",
+        )
+    )
+    alone, distilled = built.student_accuracies["student alone"], built.student_accuracies["student + KD"]
+    gain = 100 * (statistics.mean(distilled) - statistics.mean(alone))
+    results.append(
+        check(
+            f"distillation gain >= +{DISTILLATION_GAIN_POINTS} points (mean of {len(alone)} "
+            f"seed{'s' if len(alone) > 1 else ''})",
+            gain >= DISTILLATION_GAIN_POINTS,
+            f"{gain:+.2f} points: alone {spread(alone)}%, distilled {spread(distilled)}%",
+        )
+    )
+    multiple = lowend["cpu_1thread_p50_ms"] / floor["lowend_floor_ms"]
+    results.append(
+        check(
+            f"lowend batch-1 latency within {FLOOR_MULTIPLE:g}x of the hardware floor",
+            multiple <= FLOOR_MULTIPLE,
+            f"{multiple:.1f}x ({lowend['cpu_1thread_p50_ms']:.4f} ms against {floor['lowend_floor_ms']:.5f} ms)",
+        )
+    )
+    targets = DATASET_TARGETS.get(data or "")
+    if targets:
+        params = built.tier_metrics["lowend"]["student"]["params"]
+        results += [
+            check(
+                f"teacher >= {100 * targets['teacher_acc']:.1f}% test accuracy",
+                teacher["accuracy"] >= targets["teacher_acc"],
+                f"{100 * teacher['accuracy']:.2f}%",
+            ),
+            check(
+                f"lowend >= {100 * targets['lowend_acc']:.1f}% with <= {targets['lowend_params']:,} parameters",
+                lowend["accuracy"] >= targets["lowend_acc"] and params <= targets["lowend_params"],
+                f"{100 * lowend['accuracy']:.2f}% with {params:,} parameters",
+            ),
+            check(
+                f"lowend >= {targets['smaller']}x smaller and >= {targets['faster']}x faster (1 thread) than the "
+                "teacher's FP32 file",
+                lowend["size_ratio"] >= targets["smaller"] and lowend["speedup_1thread"] >= targets["faster"],
+                f"{lowend['size_ratio']:.1f}x smaller, {lowend['speedup_1thread']:.1f}x faster",
+            ),
+        ]
+    return results
+
+
+def measure_floor(scratch: Path, lowend_macs: int, mode: Mode) -> dict:
+    """The best MAC rates here and the least time lowend's MACs could take at the best of them."""
+    print("measuring the hardware floor (large convolution and matrix product, FP32 and INT8)", flush=True)
+    folder = scratch / "floor"
+    folder.mkdir()
+    rates = mac_rates(folder, threads=1, repeats=mode.floor_repeats)
+    return {
+        "gmac_per_s": {k: v / 1e9 for k, v in rates.items()},
+        "lowend_macs": lowend_macs,
+        "lowend_floor_ms": floor_ms(lowend_macs, rates),
     }
-    checks["within 1 point of the teacher"] = lowend["drop_points"] <= 1.0
-    return checks
 
 
-def table_lines(rows: list[dict], notes: dict, loop: dict, checks: dict, command: str) -> list[str]:
+def table_lines(rows: list[dict], built: Built, loop: dict, results: list[dict], floor: dict, command: str):
     threads = f"all ({os.cpu_count()})"
     lightning, plain = loop["lightning_steps_per_s"], loop["plain_steps_per_s"]
     lines = [
         f"Machine: {describe()}",
         f"Command: `{command}`",
         "",
-        "| model | what | test acc | vs teacher (points) | size | smaller | p50 / p90 1 thread (ms) | speed-up "
-        f"| p50 / p90 {threads} threads (ms) | speed-up | batch-{THROUGHPUT_BATCH} /s, {threads} threads |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | what | runtime | test acc | vs teacher (points) | size | smaller | p50 / p90 1 thread (ms) "
+        f"| speed-up | p50 / p90 {threads} threads (ms) | speed-up | batch-{THROUGHPUT_BATCH} /s, {threads} threads |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        what = "; ".join(part for part in (ROWS[row["model"]], notes.get(row["model"], "")) if part)
+        what = "; ".join(part for part in (ROWS[row["model"]], built.notes.get(row["model"], "")) if part)
         lines.append(
-            f"| {row['model']} | {what} | {100 * row['accuracy']:.2f}% | {0.0 - row['drop_points']:+.2f} "
-            f"| {row['bytes'] / 1024:.1f} KiB | {row['size_ratio']:.1f}x "
+            f"| {row['model']} | {what} | {row['runtime']} | {100 * row['accuracy']:.2f}% "
+            f"| {0.0 - row['drop_points']:+.2f} | {row['bytes'] / 1024:.1f} KiB | {row['size_ratio']:.1f}x "
             f"| {row['cpu_1thread_p50_ms']:.4f} / {row['cpu_1thread_p90_ms']:.4f} | {row['speedup_1thread']:.1f}x "
             f"| {row['cpu_all_p50_ms']:.4f} / {row['cpu_all_p90_ms']:.4f} | {row['speedup_all']:.1f}x "
             f"| {row['cpu_all_throughput_per_s']:,.0f} |"
         )
-    passed = all(checks.values())
-    failed = [name for name, ok in checks.items() if not ok]
+    lines += ["", "| target | result | figures |", "|---|---|---|"]
+    lines += [f"| {r['name']} | {'PASS' if r['passed'] else 'MISS'} | {r['detail']} |" for r in results]
+    rates = ", ".join(f"{name} {rate:.0f}" for name, rate in floor["gmac_per_s"].items())
     lines += [
         "",
-        "lowend against the teacher baselines: "
-        + ("**all checks pass**" if passed else "**fails: " + "; ".join(failed) + "**")
-        + f" ({', '.join(checks)}).",
+        f"Hardware floor, one thread (GMAC/s): {rates}. lowend's {floor['lowend_macs']:,} MACs at the best rate: "
+        f"{floor['lowend_floor_ms']:.5f} ms.",
+        "",
+        "| pipeline stage (2 cores) | wall time | note |",
+        "|---|---:|---|",
+    ]
+    for stage, (seconds, note) in built.stages.items():
+        lines.append(f"| {stage} | {'-' if seconds is None else f'{seconds / 60:.1f} min'} | {note} |")
+    total = [seconds for seconds, _ in built.stages.values()]
+    if None not in total:
+        lines.append(f"| **whole pipeline** | **{sum(total) / 60:.1f} min** | |")
+    lines += [
         "",
         f"| training loop (default student, batch {loop['batch_size']}) | figure |",
         "|---|---:|",
@@ -276,10 +475,11 @@ def table_lines(rows: list[dict], notes: dict, loop: dict, checks: dict, command
         f"| cache's one-off teacher pass at fit start (s) | "
         f"{loop['fit_start_s_cache'] - loop['fit_start_s_no_cache']:.2f} |",
         "",
-        f"Latency: medians and 90th percentiles of batch-1 runs in ONNX Runtime (all graph optimizations), every "
-        f"model timed interleaved after warm-up; throughput at batch {THROUGHPUT_BATCH}. Accuracy: ONNX Runtime on "
-        f"the test split. Steps/s: median of {loop['repeats']} alternating runs of {loop['steps']} steps after "
-        f"warm-up. Epoch times: median of epochs 2-{loop['kd_epochs']} of one fit each.",
+        f"Latency: medians and 90th percentiles of batch-1 runs (ONNX Runtime with all graph optimizations, or "
+        f"OpenVINO in f32 with the latency hint), every model timed interleaved after warm-up; throughput at batch "
+        f"{THROUGHPUT_BATCH}. Accuracy: the row's runtime on the test split. Steps/s: median of {loop['repeats']} "
+        f"alternating runs of {loop['steps']} steps after warm-up. Epoch times: median of epochs "
+        f"2-{loop['kd_epochs']} of one fit each.",
     ]
     return lines
 
@@ -338,6 +538,7 @@ def update_readme(lines: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="a data= option for every run (e.g. fashion_mnist); default: the default data")
     parser.add_argument("--quick", action="store_true", help="tiny synthetic data and few repeats: a smoke test")
     parser.add_argument("--tiers", type=Path, help="an existing sweep of the three tiers to take instead of training")
     parser.add_argument("--readme", action="store_true", help="also write the tables into README.md")
@@ -345,28 +546,39 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick and (args.out is None or args.readme):
         parser.error("--quick needs --out and cannot fill the README (its figures are not the real ones)")
+    if args.quick and args.data:
+        parser.error("--quick runs on tiny synthetic data; drop --data")
     silence_known_noise()
     print(describe(), flush=True)
     mode = QUICK if args.quick else FULL
     with tempfile.TemporaryDirectory(prefix="tierkit-compare-") as tmp:
         scratch = Path(tmp)
         cache = [f"paths.cache_dir={scratch / 'cache'}"] if args.quick else []
-        files, notes, datamodule, models = build_files(scratch, mode, args.tiers, cache)
-        rows = measure_models(files, datamodule, mode)
-    loop = measure_loop(models, datamodule, mode)
-    checks = verdict(rows)
-    command = "python -m benchmarks.compare" + (" --quick" if args.quick else "")
-    lines = table_lines(rows, notes, loop, checks, command)
+        overrides = [*cache, *mode.data, *([f"data={args.data}"] if args.data else [])]
+        built = build_files(scratch, mode, args.tiers, overrides)
+        rows = measure_models(built.files, built.datamodule, mode)
+        floor = measure_floor(scratch, built.tier_metrics["lowend"]["student"]["macs"], mode)
+    loop = measure_loop(built.models, built.datamodule, mode)
+    results = checks(rows, built, floor, args.data)
+    command = "python -m benchmarks.compare" + (f" --data {args.data}" if args.data else "")
+    command += " --quick" if args.quick else ""
+    lines = table_lines(rows, built, loop, results, floor, command)
     folder = args.out or RESULTS
-    save_results(
-        "compare",
-        {"mode": "quick" if args.quick else "full", "rows": rows, "loop": loop, "checks": checks},
-        lines,
-        folder,
-    )
-    plot(rows, folder / "compare.png")
+    name = f"compare_{args.data}" if args.data else "compare"
+    payload = {
+        "mode": "quick" if args.quick else "full",
+        "data": args.data,
+        "rows": rows,
+        "checks": results,
+        "floor": floor,
+        "stages": {stage: {"seconds": seconds, "note": note} for stage, (seconds, note) in built.stages.items()},
+        "student_accuracies": built.student_accuracies,
+        "loop": loop,
+    }
+    save_results(name, payload, lines, folder)
+    plot(rows, folder / f"{name}.png")
     if args.readme:
-        update_readme([*lines, "", "![accuracy, latency and size of every row](benchmarks/results/compare.png)"])
+        update_readme([*lines, "", f"![accuracy, latency and size of every row](benchmarks/results/{name}.png)"])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """benchmarks.compare end to end in its quick mode, and the README's comparison kept in step with its output."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -16,6 +17,9 @@ ROWS = [
     "teacher",
     "teacher ORT INT8",
     "teacher ModelPruning 50%",
+    "teacher torch-pruning 50% + ORT INT8",
+    "teacher NNCF INT8",
+    "teacher NNCF INT8, accuracy control",
     "student alone",
     "student + KD",
     "tierkit highend",
@@ -56,7 +60,20 @@ def test_quick_compare_measures_every_row(quick):
     # ONNX Runtime's INT8 stores 8-bit weights; ModelPruning's zeros stay in a dense file of the same layout.
     assert rows["teacher ORT INT8"]["bytes"] < teacher["bytes"] / 2
     assert abs(rows["teacher ModelPruning 50%"]["bytes"] - teacher["bytes"]) < 0.05 * teacher["bytes"]
-    assert set(payload["checks"]) >= {"within 1 point of the teacher", "smaller than teacher ORT INT8"}
+    # torch-pruning removed channels (a smaller dense file); NNCF stores 8-bit weights.
+    assert rows["teacher torch-pruning 50% + ORT INT8"]["bytes"] < rows["teacher ORT INT8"]["bytes"]
+    assert rows["teacher NNCF INT8"]["bytes"] < teacher["bytes"] / 2
+    assert {rows[name]["runtime"] for name in ROWS} == {"ONNX Runtime", "OpenVINO"}
+    checks = {check["name"]: check for check in payload["checks"]}
+    assert "lowend Pareto-dominates teacher NNCF INT8" in checks and "lowend within 1 point of the teacher" in checks
+    assert all(isinstance(check["passed"], bool) and check["detail"] for check in checks.values())
+    floor = payload["floor"]
+    assert floor["lowend_macs"] > 0 and 0 < floor["lowend_floor_ms"] < rows["tierkit lowend"]["cpu_1thread_p50_ms"]
+    assert set(payload["stages"]) >= {
+        "teacher",
+        "tier lowend: distil, prune, quantize",
+        "export: three tiers, profiled",
+    }
     loop = payload["loop"]
     assert loop["lightning_steps_per_s"] > 0 and loop["plain_steps_per_s"] > 0
     assert loop["kd_epoch_s_cache"] > 0 and loop["kd_epoch_s_no_cache"] > 0
@@ -67,6 +84,8 @@ def test_quick_compare_writes_table_and_plot(quick):
     out, _ = quick
     table = (out / "compare.md").read_text()
     assert table.count("\n| tierkit ") == 3 and "| teacher ModelPruning 50% |" in table
+    assert re.search(r"\| lowend Pareto-dominates teacher ORT INT8 \| (PASS|MISS) \|", table)
+    assert "| **whole pipeline** |" in table and "Hardware floor, one thread" in table
     assert "Lightning distillation steps/s" in table
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

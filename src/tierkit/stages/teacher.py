@@ -6,6 +6,7 @@ writes the cache atomically, the others wait and load it.
 
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 def train_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, key: str) -> dict[str, Any]:
     """Fit the teacher with plain cross-entropy and return the cache payload (weights + metrics)."""
+    started = time.perf_counter()
     L.seed_everything(cfg.teacher.seed, workers=True)
     shape, classes = datamodule.input_shape, datamodule.num_classes
     model = build_model(cfg.model.teacher, shape, classes, where="model.teacher")
@@ -72,7 +74,12 @@ def train_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, key: str) 
         "input_shape": list(shape),
         "num_classes": classes,
         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-        "metrics": {"val_acc": val_acc, "test_acc": float(test["test/acc"]), "epochs": int(cfg.teacher.max_epochs)},
+        "metrics": {
+            "val_acc": val_acc,
+            "test_acc": float(test["test/acc"]),
+            "epochs": int(cfg.teacher.max_epochs),
+            "train_seconds": round(time.perf_counter() - started, 1),
+        },
     }
     return {**payload, "digest": teacher_digest(payload)}
 
