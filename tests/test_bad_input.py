@@ -119,6 +119,12 @@ CASES = [
         "callbacks.pruning.target=1.5 is outside (0, 1)",
     ),
     Case(
+        "python train.py trainer.precision=half",
+        "train.py",
+        ("trainer.precision=half",),
+        "trainer.precision=half is not one of 64, 32, 16,",
+    ),
+    Case(
         "python train.py distill.temperature=hot",
         "train.py",
         ("distill.temperature=hot",),

@@ -4,8 +4,10 @@ Config overrides are fuzzed with hypothesis: the validation pass answers any val
 all, never with another exception."""
 
 import math
+from collections.abc import Callable, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -18,6 +20,7 @@ from tierkit.cli.train import train
 from tierkit.conf.describe import describe, render
 from tierkit.conf.schema import TARGET_RULES, ExportSchema, Range
 from tierkit.conf.validate import (
+    _fits,
     config_problems,
     validate_export_config,
     validate_hardware_config,
@@ -71,6 +74,26 @@ def test_every_leaf_is_described_once(default_config):
 
 
 @pytest.mark.parametrize(
+    ("value", "annotation", "fits"),
+    [
+        ("16-mixed", Literal["16-mixed", "bf16-mixed"] | None, True),
+        (16, Literal["16", "32"], False),
+        ([{"lr": 1.0}], list[dict[str, float]], True),
+        ([1, 2], tuple[int, ...], True),
+        ([1, "x"], Sequence[int], False),
+        ("abc", Sequence[str], True),
+        ("abc", list[str], False),
+        (3, float, True),
+        (True, Literal[1], False),
+        ("relu", Callable[[int], int], None),
+        ("x", "ForwardRef", None),
+    ],
+)
+def test_constructor_annotations_are_read_through_unions_literals_and_containers(value, annotation, fits):
+    assert _fits(value, annotation) is fits
+
+
+@pytest.mark.parametrize(
     ("overrides", "where", "message"),
     [
         (["distill.temperature=hot"], "distill.temperature", "is not of type float"),
@@ -88,6 +111,8 @@ def test_every_leaf_is_described_once(default_config):
         (["callbacks.last_checkpoint.dirpath=0"], "callbacks.last_checkpoint.dirpath", "dirpath=0 is not of type str"),
         (["callbacks.checkpoint.save_top_k=1.5"], "callbacks.checkpoint.save_top_k", "save_top_k=1.5 is not of type"),
         (["callbacks.pruning.start_epoch=9"], "callbacks.pruning.start_epoch / end_epoch", "after its end_epoch"),
+        (["trainer.precision=bogus"], "trainer.precision", "precision=bogus is not one of 64, 32, 16,"),
+        (["trainer.devices=[1,x]"], "trainer.devices", "is not of type str or int or a list of int"),
         (["model.teacher._target_=nowhere.Net"], "model.teacher._target_", "cannot import 'nowhere.Net'"),
         (["quantization.qat.epochs=1"], "quantization.qat.epochs", "activations are only quantized from epoch"),
     ],

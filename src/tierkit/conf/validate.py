@@ -6,6 +6,7 @@ and the relations between keys (QAT schedules, pruning before QAT, budgets above
 is reported in one message, naming where the value came from (the command line or a group's YAML file).
 """
 
+import collections.abc
 import dataclasses
 import inspect
 import os
@@ -183,28 +184,64 @@ def target_nodes(node: Any, prefix: str = "") -> Iterator[tuple[str, DictConfig]
                 yield from target_nodes(node[key], f"{prefix}{key}.")
 
 
-def _plain_types(annotation: Any) -> tuple[type, ...] | None:
-    """The classes a constructor annotation allows, Optional and Union unwrapped; None when it says more than
-    plain classes can check (generics, literals, forward references) or nothing at all."""
-    if annotation is inspect.Parameter.empty or annotation is Any:
-        return None
+SEQUENCES = (list, tuple, set, frozenset, collections.abc.Sequence, collections.abc.Iterable)
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    """A Union's (or ``X | Y``'s) members; any other annotation alone."""
     union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
-    members = typing.get_args(annotation) if union else (annotation,)
-    if not all(isinstance(member, type) and not typing.get_args(member) for member in members):
+    return typing.get_args(annotation) if union else (annotation,)
+
+
+def _fits(value: Any, annotation: Any) -> bool | None:
+    """Whether ``value`` can be what ``annotation`` asks for: True, False, or None where the annotation says more
+    than this pass checks (a forward reference, a callable, a class's own generic)."""
+    if annotation is inspect.Parameter.empty or annotation is Any or isinstance(annotation, str | typing.ForwardRef):
         return None
-    return tuple(member for member in members if member is not type(None))
+    if len(_members(annotation)) > 1:
+        verdicts = [_fits(value, member) for member in _members(annotation)]
+        return True if True in verdicts else (None if None in verdicts else False)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return any(value == option and type(value) is type(option) for option in args)
+    if origin in SEQUENCES:
+        if not isinstance(value, list):
+            return isinstance(value, str) and origin in (collections.abc.Sequence, collections.abc.Iterable)
+        element = args[0] if args and (origin is not tuple or args[-1] is Ellipsis or len(args) == 1) else Any
+        return not any(_fits(item, element) is False for item in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if origin is not None or not isinstance(annotation, type):
+        return None
+    if annotation is type(None):
+        return value is None
+    if isinstance(value, annotation):
+        return True
+    if isinstance(value, str) and issubclass(annotation, os.PathLike):
+        return True  # a path given as text
+    return isinstance(value, int) and not isinstance(value, bool) and annotation is float
 
 
 def _fits_annotation(value: Any, annotation: Any) -> bool:
-    """Whether ``value`` can be what the annotation asks for (null and unannotated values are left to the class)."""
-    allowed = _plain_types(annotation)
-    if value is None or not allowed or isinstance(value, dict | list):
-        return True
-    if isinstance(value, allowed):
-        return True
-    if isinstance(value, str) and any(issubclass(kind, os.PathLike) for kind in allowed):
-        return True  # a path given as text
-    return isinstance(value, int) and not isinstance(value, bool) and float in allowed
+    """False only when ``value`` certainly cannot be what the annotation asks for (null and nested configs are left
+    to the class)."""
+    return value is None or isinstance(value, dict) or _fits(value, annotation) is not False
+
+
+def _expected(annotation: Any) -> str:
+    """What an annotation asks for, in words: "of type str or Path", "one of 'a', 'b'", "a list of int"."""
+    members = [member for member in _members(annotation) if member is not type(None)]
+    classes = [m.__name__ for m in members if isinstance(m, type) and not typing.get_args(m)]
+    options = [repr(o) for m in members if typing.get_origin(m) is typing.Literal for o in typing.get_args(m)]
+    lists = [
+        f"a list of {_expected(typing.get_args(m)[0]).removeprefix('of type ')}"
+        for m in members
+        if typing.get_origin(m) in SEQUENCES and typing.get_args(m)
+    ]
+    parts = (["of type " + " or ".join(classes)] if classes else []) + (
+        ["one of " + ", ".join(options)] if options else []
+    )
+    return " or ".join(parts + lists) or str(annotation)
 
 
 def _target_problems(path: str, node: DictConfig) -> Iterator[TierkitError]:
@@ -239,11 +276,11 @@ def _target_problems(path: str, node: DictConfig) -> Iterator[TierkitError]:
             yield problem
         elif value is not UNSET and key in parameters and not _fits_annotation(value, parameters[key].annotation):
             name = getattr(target, "__name__", str(node._target_))
-            expected = " or ".join(t.__name__ for t in _plain_types(parameters[key].annotation) or ())
+            expected = _expected(parameters[key].annotation)
             yield TierkitError(
-                f"{key_path}={value} is not of type {expected}, set by {source_of(key_path)}",
+                f"{key_path}={value} is not {expected}, set by {source_of(key_path)}",
                 where=key_path,
-                fix=f"give {key_path} a value of type {expected}, as {name}'s {key} argument takes",
+                fix=f"give {key_path} a value that is {expected}, as {name}'s {key} argument takes",
             )
 
 
