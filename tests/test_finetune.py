@@ -120,6 +120,14 @@ def test_finetune_keeps_the_pruned_structure_and_reports_before_and_after(tuned_
     assert not torch.equal(next(tuned.parameters()), next(original.parameters())), "the weights did train"
     assert "target device (shifted)" in result.stdout
     assert metrics["quantization"]["path"] == "ptq", "the tuned student goes through the quantization stage"
+    # The tier's budgets judge the tuned student, against the teacher scored on the same shifted test images.
+    verdict = metrics["verdict"]
+    assert verdict["reason"].startswith(("PASS", "MISS")) and "accuracy" in verdict["checks"]
+    assert f"tier {metrics['tier']} budgets" in result.stdout
+    scored = {label: metrics["quantization"][label]["test_acc"] for label in ("fp32", "fp16")}
+    if verdict["candidate"] in scored:
+        drop = metrics["teacher"]["test_acc"] - scored[verdict["candidate"]]
+        assert verdict["checks"]["accuracy"]["value"] == pytest.approx(drop)
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ from tierkit.stages.evaluate import split_accuracy
 from tierkit.stages.quantize import quantize_student
 from tierkit.stages.summary import print_finetune_summary
 from tierkit.stages.trainer import build_trainer, fit_checkpoints, recipe_module
+from tierkit.stages.verdict import tier_verdict
 from tierkit.tracking import log_run_results
 from tierkit.utils.instantiate import instantiate, instantiate_callbacks, instantiate_loggers
 from tierkit.utils.model_stats import model_stats
@@ -87,6 +88,15 @@ def scores(model: nn.Module, target: ArrayDataModule, original: ArrayDataModule)
     return {"target_test_acc": split_accuracy(model, target), "original_test_acc": split_accuracy(model, original)}
 
 
+def teacher_if_present(run: RunFolder, source: DictConfig) -> Path | None:
+    """The source run's teacher when it is on this machine: without distillation it only scores the verdict."""
+    try:
+        return find_run_teacher(run.root, source)
+    except TierkitError:
+        log.info("%s's teacher is not here: the tier verdict will not judge accuracy", run.root)
+        return None
+
+
 def finetune_config(cfg: DictConfig, source: DictConfig) -> DictConfig:
     """Today's command line with the source run's model, distillation, teacher and tier, minus compressing callbacks."""
     cfg = cfg.copy()
@@ -117,7 +127,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     before = scores(student, target, original)
     log.info("Before fine-tuning: %s", before)
 
-    teacher_path = find_run_teacher(run.root, source) if cfg.finetune.alpha > 0 else None
+    teacher_path = find_run_teacher(run.root, source) if cfg.finetune.alpha > 0 else teacher_if_present(run, source)
     teacher = None
     if teacher_path is not None:
         teacher, _ = load_teacher(
@@ -133,7 +143,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         target.num_classes,
         cfg.finetune,
         where="finetune",
-        teacher=teacher,
+        teacher=teacher if cfg.finetune.alpha > 0 else None,
         temperature=source.distill.temperature,
         alpha=cfg.finetune.alpha,
     )
@@ -190,12 +200,22 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     )
     source_metrics = run.read_metrics()
     if source_metrics and source_metrics.teacher:
-        teacher_source = teacher_path or find_run_teacher(run.root, source)
-        metrics.teacher = replace(source_metrics.teacher, source=str(teacher_source))
+        # On this run's (target) data, so that the verdict compares student and teacher on the same images.
+        on_target = {split: split_accuracy(teacher, target, split) if teacher else None for split in ("val", "test")}
+        metrics.teacher = replace(
+            source_metrics.teacher,
+            source=str(teacher_path) if teacher_path else None,
+            val_acc=on_target["val"],
+            test_acc=on_target["test"],
+        )
     folder = RunFolder(Path(cfg.paths.output_dir))
     if cfg.quantization.enabled and best_path and not quantization and trainer.is_global_zero:
         metrics.quantization = quantize_student(cfg, target, teacher, Path(best_path), loggers, None)
         record_int8_path(best_path, metrics.quantization.path, metrics.quantization.shipped().recipe)
+    if trainer.is_global_zero:
+        metrics.verdict = tier_verdict(cfg, metrics, folder)
+        if not metrics.verdict.passed:
+            log.warning("tier %s after fine-tuning: %s", cfg.tier.name, metrics.verdict.reason)
     metrics.train_seconds = round(time.perf_counter() - started, 1)
     if trainer.is_global_zero:
         folder.write_metrics(metrics)

@@ -132,3 +132,5 @@ def print_finetune_summary(metrics: RunMetrics, console: Console | None = None) 
         console.print(f"best checkpoint: {metrics.checkpoints['best']} (python export.py run=<this run> exports it)")
     if metrics.quantization:
         print_quantization_summary(metrics.quantization, console)
+    if metrics.verdict:
+        print_verdict(metrics, console)
