@@ -491,13 +491,18 @@ def plain_log_axis(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def row_colour(name: str) -> str:
+    """tierkit's tiers green, the peer tools orange, the teacher and the plain students grey."""
+    return "tab:green" if name.startswith("tierkit") else "tab:orange" if name in PEERS else "tab:gray"
+
+
 def plot(rows: list[dict], path: Path) -> None:
     """Accuracy against single-thread latency (marker area ~ file size), and file sizes side by side."""
     figure = Figure(figsize=(12, 4.8), layout="constrained")
     scatter, bars = figure.subplots(1, 2, width_ratios=[3, 2])
     largest = max(row["bytes"] for row in rows)
     for row in rows:
-        colour = "tab:green" if row["model"].startswith("tierkit") else "tab:gray"
+        colour = row_colour(row["model"])
         area = 40 + 800 * row["bytes"] / largest
         scatter.scatter(row["cpu_1thread_p50_ms"], 100 * row["accuracy"], s=area, color=colour, alpha=0.6)
         scatter.annotate(
@@ -516,7 +521,7 @@ def plot(rows: list[dict], path: Path) -> None:
     bars.barh(
         names,
         [row["bytes"] / 1024 for row in rows],
-        color=["tab:green" if name.startswith("tierkit") else "tab:gray" for name in names],
+        color=[row_colour(name) for name in names],
     )
     bars.set_xscale("log")
     plain_log_axis(bars.xaxis)
