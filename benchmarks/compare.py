@@ -19,12 +19,14 @@ under --out.
 """
 
 import argparse
+import functools
 import os
 import re
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -270,12 +272,12 @@ def build_files(scratch: Path, mode: Mode, tiers: Path | None, overrides: list[s
     return Built(files, notes, datamodule, models, tier_metrics, accuracies, stages)
 
 
-def timing_probes(files: dict[str, Path], setting, batch) -> dict:
-    """One probe per file under ``setting``'s threads, each in the runtime its row names."""
+def opened(files: dict[str, Path], setting) -> dict[str, Callable[[np.ndarray], Callable[[], float]]]:
+    """Each file opened once under ``setting``'s threads in its row's runtime; given a batch, a timing probe."""
     return {
-        name: openvino_probe(compiled_model(path, setting.intra_op_num_threads), batch)
+        name: functools.partial(openvino_probe, compiled_model(path, setting.intra_op_num_threads))
         if name in OPENVINO_ROWS
-        else latency_probe(setting_session(path, setting), batch)
+        else functools.partial(latency_probe, setting_session(path, setting))
         for name, path in files.items()
     }
 
@@ -288,8 +290,11 @@ def measure_models(files: dict[str, Path], datamodule, mode: Mode) -> list[dict]
     print(f"timing {len(files)} models interleaved under {', '.join(SETTINGS)}", flush=True)
     latency = {name: {} for name in files}
     for setting in settings:
-        single_ms = measure_latency(timing_probes(files, setting, single), mode.repeats, mode.warmup)
-        batch_ms = measure_latency(timing_probes(files, setting, many), mode.throughput_repeats, warmup=2)
+        runners = opened(files, setting)
+        single_ms = measure_latency({name: run(single) for name, run in runners.items()}, mode.repeats, mode.warmup)
+        batch_ms = measure_latency(
+            {name: run(many) for name, run in runners.items()}, mode.throughput_repeats, warmup=2
+        )
         for name in files:
             latency[name][setting.hardware] = latency_row(setting, single_ms[name], batch_ms[name], THROUGHPUT_BATCH)
     rows = []

@@ -137,13 +137,15 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
             target.num_classes,
             prefix=source.teacher.get("state_dict_prefix"),
         )
+    # Without distillation the teacher only scores the verdict: it trains nothing, here or in QAT.
+    distiller = teacher if cfg.finetune.alpha > 0 else None
     L.seed_everything(cfg.seed, workers=True)
     module = recipe_module(
         student.train(),
         target.num_classes,
         cfg.finetune,
         where="finetune",
-        teacher=teacher if cfg.finetune.alpha > 0 else None,
+        teacher=distiller,
         temperature=source.distill.temperature,
         alpha=cfg.finetune.alpha,
     )
@@ -210,7 +212,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         )
     folder = RunFolder(Path(cfg.paths.output_dir))
     if cfg.quantization.enabled and best_path and not quantization and trainer.is_global_zero:
-        metrics.quantization = quantize_student(cfg, target, teacher, Path(best_path), loggers, None)
+        metrics.quantization = quantize_student(cfg, target, distiller, Path(best_path), loggers, None)
         record_int8_path(best_path, metrics.quantization.path, metrics.quantization.shipped().recipe)
     if trainer.is_global_zero:
         metrics.verdict = tier_verdict(cfg, metrics, folder)
