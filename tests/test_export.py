@@ -334,13 +334,13 @@ def test_export_calibrates_as_the_run_did_unless_told_otherwise():
 TUNED = {"method": "percentile", "per_channel": False, "float_layers": ["gemm6"]}
 
 
-def _tuned_run(tmp_path) -> tuple[Run, DictConfig, SyntheticDataModule]:
+def _tuned_run(tmp_path, recipe: dict = TUNED) -> tuple[Run, DictConfig, SyntheticDataModule]:
     """A run whose quantization stage shipped a tuned post-training model (its recipe is in the checkpoint)."""
     shape = (1, 16, 16)
     data = SyntheticDataModule(input_shape=list(shape), num_classes=4, mean=[0.5], std=[0.3], num_samples=64)
     data.setup()
     torch.manual_seed(0)
-    save_torch(tmp_path / "checkpoints" / "best.ckpt", {"tierkit": {"int8_path": "tuned", "int8_recipe": TUNED}})
+    save_torch(tmp_path / "checkpoints" / "best.ckpt", {"tierkit": {"int8_path": "tuned", "int8_recipe": recipe}})
     quantization = {"per_channel": True, "calibration": CALIBRATION}
     config = OmegaConf.create({"data": {"input_shape": list(shape)}, "quantization": quantization})
     run = Run(tmp_path, SmallCNN(shape, 4, width=0.5).eval(), config, int8_path="tuned")
@@ -356,6 +356,17 @@ def test_export_remakes_a_tuned_int8_model_with_the_recipe_the_run_shipped(tmp_p
     assert int8["float_layers"] == ["gemm6"] and int8["per_channel"] is False
     assert int8["calibration"]["method"] == "percentile"
     assert float_compute_ops(paths["int8"]) == ["Gemm"], "the classifier stays float, the convolutions integer"
+
+
+def test_export_remakes_16_bit_activations_the_run_shipped(tmp_path):
+    recipe = {"method": "minmax", "per_channel": True, "float_layers": [], "int16_layers": ["gemm6"]}
+    run, cfg, data = _tuned_run(tmp_path, recipe)
+    paths, facts = variant_files(run, run.student, cfg, tmp_path / "out", data)
+    assert facts["int8"]["int16_layers"] == ["gemm6"] and facts["int8"]["float_layers"] == []
+    model = onnx.load(str(paths["int8"]))
+    types = {init.name: init.data_type for init in model.graph.initializer}
+    quantized_to = {types[node.input[2]] for node in model.graph.node if node.op_type == "QuantizeLinear"}
+    assert quantized_to == {onnx.TensorProto.UINT8, onnx.TensorProto.UINT16}
 
 
 def test_export_ships_the_tuned_file_training_judged(tmp_path):

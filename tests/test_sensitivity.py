@@ -154,6 +154,97 @@ def test_unknown_escalation_method_is_refused(tmp_path, outlier):
         )
 
 
+class GatedMLP(nn.Module):
+    """``w2(silu(w1 x) * w3 x)`` with one loud hidden unit: the gate product is heavy-tailed, so one uint8 scale
+    rounds the quiet units, and the unit's inputs come from the two layers feeding the gate."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.w1, self.w3, self.w2 = nn.Linear(FEATURES, 64), nn.Linear(FEATURES, 64), nn.Linear(64, CLASSES)
+        with torch.no_grad():
+            self.w1.weight[0] *= 40
+            self.w3.weight[0] *= 40
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        return self.w2(nn.functional.silu(self.w1(x)) * self.w3(x))
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory):
+    model = GatedMLP().eval()
+    data = LabelledBy(model, num_samples=2000)
+    data.setup()
+    fp32 = export_onnx(model, tmp_path_factory.mktemp("gated") / "fp32.onnx", (1, FEATURES))
+    return data, fp32, calibration_samples(data, 256, 64)
+
+
+def _escalate_gate(tmp_path, gated, precisions):
+    data, fp32, samples = gated
+    start_acc = val_acc(quantize_int8(fp32, tmp_path / "ptq.onnx", samples, 64), data)
+    result = escalate_ptq(
+        fp32,
+        tmp_path / "mixed.onnx",
+        samples,
+        data,
+        Recipe("minmax", True),
+        start_acc,
+        1.0,
+        0.05,
+        False,
+        64,
+        ["gemm2"],
+        [],
+        1,
+        precisions,
+    )
+    return start_acc, result
+
+
+def test_16_bit_activations_keep_int8_weights_and_widen_what_feeds_the_layer(tmp_path, gated):
+    start_acc, result = _escalate_gate(tmp_path, gated, ("int16", "float"))
+    assert start_acc < 0.9, "the case: uint8 activations lose the gate's quiet units"
+    assert result.met and result.best.recipe.int16_layers == ["gemm2"] and result.best.recipe.float_layers == []
+    model = onnx.load(str(result.best.path))
+    weights = {init.name: init.data_type for init in model.graph.initializer}
+    dequantized = [node.input[0] for node in model.graph.node if node.op_type == "DequantizeLinear"]
+    assert sum(weights.get(name) == onnx.TensorProto.INT8 for name in dequantized) == 3, "every weight stays INT8"
+    wide = {node.input[2] for node in model.graph.node if node.op_type == "QuantizeLinear" and len(node.input) > 2}
+    zero_point_types = {weights[name] for name in wide if name in weights}
+    assert zero_point_types == {onnx.TensorProto.UINT8, onnx.TensorProto.UINT16}
+    assert max(opset.version for opset in model.opset_import if opset.domain in ("", "ai.onnx")) >= 21
+
+
+def test_float_alone_cannot_win_back_what_16_bit_activations_do(tmp_path, gated):
+    """Leaving the gate's consumer in float keeps its uint8-rounded inputs: 16-bit activations widen them too."""
+    _, widened = _escalate_gate(tmp_path / "int16", gated, ("int16",))
+    _, floated = _escalate_gate(tmp_path / "float", gated, ("float",))
+    assert widened.met and not floated.met
+    assert widened.best.val_acc > floated.best.val_acc
+
+
+def test_unknown_mixed_precision_is_refused(tmp_path, outlier):
+    _, data, fp32, samples = outlier
+    with pytest.raises(TierkitError, match=r"quantization\.escalation\.precisions"):
+        escalate_ptq(
+            fp32,
+            tmp_path / "x.onnx",
+            samples,
+            data,
+            Recipe("minmax", True),
+            0.5,
+            1.0,
+            0.02,
+            False,
+            32,
+            [],
+            [],
+            1,
+            ("int4",),
+        )
+
+
 def _cli(*arguments: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "tierkit.quant.sensitivity", *map(str, arguments)],

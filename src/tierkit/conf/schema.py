@@ -56,6 +56,7 @@ class Range:
 
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+MIXED_PRECISIONS = ("int16", "float")
 GRAPH_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
 POSITIVE = Range(gt=0)
 NOT_NEGATIVE = Range(ge=0)
@@ -153,7 +154,10 @@ class SensitivitySchema:
 class EscalationSchema:
     enabled: bool = setting("try calibration methods and mixed precision before QAT")
     calibration_methods: list[str] = setting("calibration methods tried", choices=CALIBRATION_METHODS)
-    max_float_layers: int = setting("most sensitive layers mixed precision may keep in float", NOT_NEGATIVE)
+    max_float_layers: int = setting("most sensitive layers mixed precision may keep in higher precision", NOT_NEGATIVE)
+    precisions: list[str] = setting(
+        "higher precisions mixed precision tries per layer, in order", choices=MIXED_PRECISIONS
+    )
 
 
 @dataclass

@@ -127,11 +127,12 @@ class TrainedFiles:
             return None, f"training made its {key} file from {made_from}, export loads {loaded.name}"
         if settings is not None:
             recorded = {"reduce_range": report.reduce_range, "per_channel": report.per_channel}
-            recorded["calibration"], recorded["float_layers"] = report.calibration, []
-            if scores.recipe is not None:  # a tuned file: its own calibration method, scales and float layers
+            recorded["calibration"], recorded["float_layers"], recorded["int16_layers"] = report.calibration, [], []
+            if scores.recipe is not None:  # a tuned file: its own calibration method, scales and mixed precision
                 recorded["calibration"] = {**(report.calibration or {}), "method": scores.recipe["method"]}
                 recorded["per_channel"] = scores.recipe["per_channel"]
                 recorded["float_layers"] = scores.recipe["float_layers"]
+                recorded["int16_layers"] = scores.recipe.get("int16_layers", [])
             differing = sorted(name for name in settings if settings[name] != recorded[name])
             if differing:
                 return None, f"export's settings differ from training's: {', '.join(differing)}"
@@ -241,6 +242,7 @@ def int8_files(
         run_calibration = OmegaConf.merge(run_calibration, {"method": tuned["method"]})
         run_per_channel = tuned["per_channel"]
     float_layers = list(tuned["float_layers"]) if tuned is not None else []
+    int16_layers = list(tuned.get("int16_layers", [])) if tuned is not None else []
     per_channel = bool(run_per_channel if cfg.per_channel is None else cfg.per_channel)
     calibration = export_calibration(cfg.calibration, run_calibration)
     samples, recorded_calibration = None, None
@@ -261,13 +263,21 @@ def int8_files(
             facts[key].update(int8_method="qat", reduce_range=bits < 8, per_channel=qat_settings_used["per_channel"])
         else:
             settings = {"reduce_range": bits < 8, "per_channel": per_channel, "calibration": recorded_calibration}
-            settings["float_layers"] = float_layers
+            settings["float_layers"], settings["int16_layers"] = float_layers, int16_layers
             paths[key], facts[key] = reuse_or_make(
                 key,
                 trained.find("tuned" if tuned else "ptq", trained.folder.checkpoint(cfg.checkpoint), settings),
                 target,
                 lambda path, reduced=bits < 8: quantize_int8(
-                    fp32, path, samples, calibration.batch_size, calibration.method, reduced, per_channel, float_layers
+                    fp32,
+                    path,
+                    samples,
+                    calibration.batch_size,
+                    calibration.method,
+                    reduced,
+                    per_channel,
+                    float_layers,
+                    int16_layers,
                 ),
             )
             facts[key].update(int8_method="tuned" if tuned else "ptq", **settings)

@@ -1,8 +1,9 @@
 """Post-training INT8 that misses its budget, escalated in steps, cheapest first, each measured on validation.
 
 (a) calibration: the other calibration methods, and per-channel weights where the run had one scale per tensor;
-(b) mixed precision: the layers the sensitivity analysis ranks highest stay in float, one at a time, while the rest
-    keeps its integer kernels; a layer is kept in float only when that wins accuracy back.
+(b) mixed precision: the layers the sensitivity analysis ranks highest get a higher precision, one at a time, while
+    the rest keeps its integer kernels: 16-bit activations around INT8 weights, or float, whichever of the configured
+    precisions first wins accuracy back; a layer that no precision helps stays INT8.
 Quantization-aware training, the expensive step (c), is the quantization stage's to run. Every candidate is
 recorded, so the run can say what each step bought and what it cost in size.
 """
@@ -34,10 +35,25 @@ class Recipe:
     method: str
     per_channel: bool
     float_layers: list[str] = field(default_factory=list)
+    int16_layers: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         text = f"{self.method}, {'per-channel' if self.per_channel else 'per-tensor'}"
-        return text + (f", float: {' '.join(self.float_layers)}" if self.float_layers else "")
+        text += f", float: {' '.join(self.float_layers)}" if self.float_layers else ""
+        return text + (f", 16-bit activations: {' '.join(self.int16_layers)}" if self.int16_layers else "")
+
+    def with_layer(self, layer: str, precision: str) -> "Recipe":
+        """This recipe with ``layer`` also given ``precision`` (one of ``MIXED_PRECISIONS``)."""
+        if precision == "float":
+            return Recipe(self.method, self.per_channel, [*self.float_layers, layer], list(self.int16_layers))
+        return Recipe(self.method, self.per_channel, list(self.float_layers), [*self.int16_layers, layer])
+
+    def higher_precision_layers(self) -> list[str]:
+        return [*self.int16_layers, *self.float_layers]
+
+
+# What mixed precision may give a sensitive layer: INT8 weights with 16-bit activations, or float.
+MIXED_PRECISIONS = ("int16", "float")
 
 
 @dataclass
@@ -86,6 +102,16 @@ def calibration_recipes(start: Recipe, methods: list[str]) -> list[Recipe]:
     return [r for r in recipes if (r.method, r.per_channel) != (start.method, start.per_channel)]
 
 
+def check_precisions(precisions: list[str]) -> None:
+    unknown = sorted(set(precisions) - set(MIXED_PRECISIONS))
+    if unknown or not precisions:
+        raise TierkitError(
+            f"quantization.escalation.precisions is {precisions}",
+            where="quantization.escalation.precisions",
+            fix=f"list one or more of {', '.join(MIXED_PRECISIONS)}, tried in that order for each sensitive layer",
+        )
+
+
 def escalate_ptq(
     fp32: Path,
     out_path: Path,
@@ -100,9 +126,12 @@ def escalate_ptq(
     ranking: list[str],
     methods: list[str],
     max_float_layers: int,
+    precisions: tuple[str, ...] = ("float",),
 ) -> Escalation:
     """Steps (a) then (b) from ``start`` (the configured recipe, already measured); the best candidate is written
-    to ``out_path`` when it beats ``start``. ``ranking`` is the sensitivity analysis's order, most sensitive first."""
+    to ``out_path`` when it beats ``start``. ``ranking`` is the sensitivity analysis's order, most sensitive first;
+    each of its layers tries ``precisions`` in order, and up to ``max_float_layers`` of them keep one."""
+    check_precisions(list(precisions))
     steps: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="tierkit-escalate-") as scratch:
         counter = itertools.count()
@@ -110,7 +139,15 @@ def escalate_ptq(
         def measure(recipe: Recipe, step: str) -> Candidate:
             path = Path(scratch) / f"candidate{next(counter)}.onnx"
             quantize_int8(
-                fp32, path, samples, batch_size, recipe.method, reduce_range, recipe.per_channel, recipe.float_layers
+                fp32,
+                path,
+                samples,
+                batch_size,
+                recipe.method,
+                reduce_range,
+                recipe.per_channel,
+                recipe.float_layers,
+                recipe.int16_layers,
             )
             candidate = Candidate(recipe, step, path, onnx_accuracy(quiet_session(path), datamodule, "val"))
             steps.append(candidate.record(reference_acc, budget))
@@ -125,14 +162,16 @@ def escalate_ptq(
             candidate = measure(recipe, "calibration")
             if candidate.val_acc > (best.val_acc if best else start_val_acc):
                 best = candidate
-        base = best.recipe if best else start
-        kept, kept_acc = [], best.val_acc if best else start_val_acc
+        kept = best.recipe if best else start
+        kept_acc = best.val_acc if best else start_val_acc
         for layer in ranking[: 2 * max_float_layers]:
-            if met(best) or len(kept) >= max_float_layers:
+            if met(best) or len(kept.higher_precision_layers()) >= max_float_layers:
                 break
-            candidate = measure(Recipe(base.method, base.per_channel, [*kept, layer]), "mixed precision")
-            if candidate.val_acc > kept_acc:
-                kept, kept_acc, best = [*kept, layer], candidate.val_acc, candidate
+            for precision in precisions:
+                candidate = measure(kept.with_layer(layer, precision), "mixed precision")
+                if candidate.val_acc > kept_acc:
+                    kept, kept_acc, best = candidate.recipe, candidate.val_acc, candidate
+                    break
         if best is not None:
             atomic_write(out_path, lambda tmp, source=best.path: shutil.copyfile(source, tmp))
             best.path = out_path

@@ -162,14 +162,21 @@ def quantize_prepared(
     per_channel: bool = True,
     float_layers: Sequence[str] = (),
     only_layers: Sequence[str] | None = None,
+    int16_layers: Sequence[str] = (),
 ) -> Path:
     """ONNX Runtime's static QDQ quantization of a model from ``prepare_for_quantization``, names kept.
 
     ``float_layers`` stay in float with the nodes that feed only them (mixed precision, see ``float_group``);
+    ``int16_layers`` keep INT8 weights but get 16-bit activations, in and out, with the same nodes;
     ``only_layers``, when given, are the only ones quantized.
     """
     check_method(method)
     graph = onnx.load(str(prepared)).graph
+    extra_options = {"CalibTensorRangeSymmetric": False, "QuantizeBias": False}
+    if int16_layers:
+        extra_options["TensorQuantOverrides"] = {
+            tensor: [{"quant_type": QuantType.QUInt16}] for tensor in activation_tensors(graph, int16_layers)
+        }
     input_name = graph.input[0].name
     # The histogram calibrators (percentile, entropy) print their progress to stdout.
     with contextlib.redirect_stdout(io.StringIO()):
@@ -185,9 +192,24 @@ def quantize_prepared(
             calibrate_method=CALIBRATION_METHODS[method],
             nodes_to_exclude=float_group(graph, float_layers) if float_layers else [],
             nodes_to_quantize=list(only_layers or []),
-            extra_options={"CalibTensorRangeSymmetric": False, "QuantizeBias": False},
+            extra_options=extra_options,
         )
     return out_path
+
+
+def activation_tensors(graph: onnx.GraphProto, layers: Sequence[str]) -> list[str]:
+    """The activations ``layers`` read and write, with those of the nodes that feed only them (``float_group``):
+    what 16-bit activations widen. Weights and biases are initializers and stay as they are."""
+    group = set(float_group(graph, layers))
+    constants = {init.name for init in graph.initializer}
+    tensors = {
+        name
+        for node in graph.node
+        if node.name in group
+        for name in [*node.input, *node.output]
+        if name and name not in constants
+    }
+    return sorted(tensors)
 
 
 def quantize_int8(
@@ -199,12 +221,16 @@ def quantize_int8(
     reduce_range: bool = False,
     per_channel: bool = True,
     float_layers: Sequence[str] = (),
+    int16_layers: Sequence[str] = (),
 ) -> Path:
     """Static INT8 (QDQ, per-channel weights, uint8 activations) calibrated on ``samples``.
 
     ``per_channel=False`` gives each weight tensor one scale: a few bytes smaller, but layers whose channels differ
     in range (depthwise convolutions) lose precision. ``float_layers`` (names from ``label_layers``) stay in float,
     with the nodes that feed only them: mixed precision, for the layers whose quantization costs the most accuracy.
+    ``int16_layers`` keep INT8 weights and get 16-bit activations instead (the file moves to opset 21): the other
+    mixed precision, a smaller file than float layers; ONNX Runtime's CPU kernels compute those layers, and the ones
+    writing their 16-bit inputs, in float.
 
     The quantizer's output is compacted (short names, no metadata, no all-zero weight zero points): for a small student
     that overhead is a third of the file. Biases stay float, as in tierkit's QAT export: ONNX Runtime's
@@ -218,14 +244,25 @@ def quantize_int8(
         with tempfile.TemporaryDirectory(prefix="tierkit-ptq-") as scratch:
             prepared = Path(scratch) / "prepared.onnx"
             layers = prepare_for_quantization(fp32_path, prepared)
-            unknown = sorted(set(float_layers) - set(layers))
-            if unknown:
-                raise TierkitError(
-                    f"float_layers names {unknown}, which {fp32_path} does not have",
-                    where="quantization.float_layers",
-                    fix=f"name layers of this model: {', '.join(layers)}",
-                )
-            quantize_prepared(prepared, tmp, samples, batch_size, method, reduce_range, per_channel, float_layers)
+            for where, named in (("float_layers", float_layers), ("int16_layers", int16_layers)):
+                unknown = sorted(set(named) - set(layers))
+                if unknown:
+                    raise TierkitError(
+                        f"{where} names {unknown}, which {fp32_path} does not have",
+                        where=f"quantization.{where}",
+                        fix=f"name layers of this model: {', '.join(layers)}",
+                    )
+            quantize_prepared(
+                prepared,
+                tmp,
+                samples,
+                batch_size,
+                method,
+                reduce_range,
+                per_channel,
+                float_layers,
+                int16_layers=int16_layers,
+            )
         onnx.save(compact_model(onnx.load(str(tmp))), str(tmp))
         onnx.checker.check_model(str(tmp))
 

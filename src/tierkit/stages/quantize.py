@@ -178,6 +178,7 @@ def quantize_student(
             [entry.layer for entry in analysis.ranked()] if analysis else [],
             list(settings.escalation.calibration_methods),
             int(settings.escalation.max_float_layers),
+            tuple(settings.escalation.precisions),
         )
         report.steps.extend(escalation.steps)
         if escalation.best is not None:
