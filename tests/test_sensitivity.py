@@ -67,8 +67,8 @@ def val_acc(path, data) -> float:
     return onnx_accuracy(quiet_session(path), data, "val")
 
 
-def test_layers_are_named_by_position_and_kind():
-    model = onnx.load(str(export_onnx(SmallCNN((1, 16, 16), 4, width=0.25), "/tmp/tierkit-label.onnx", (1, 16, 16))))
+def test_layers_are_named_by_position_and_kind(tmp_path):
+    model = onnx.load(str(export_onnx(SmallCNN((1, 16, 16), 4, width=0.25), tmp_path / "cnn.onnx", (1, 16, 16))))
     assert label_layers(model) == ["conv0", "conv1", "conv2", "conv3", "conv4", "conv5", "gemm6"]
     assert all(node.name for node in model.graph.node)
 
