@@ -6,11 +6,14 @@
    budget against its FP32 model (quantization.max_drop_vs_fp32=0.01, on validation). Its gate products are
    heavy-tailed, so one uint8 scale per tensor rounds them coarsely. For each seed the run's own quantization stage
    decides; the table gives every step it measured (post-training, calibration, mixed precision) and, from a second
-   run of the same seed with the cheaper steps off, what QAT makes of it. Each file's size and batch-1 p50 latency
-   on one thread are measured side by side here (interleaved, after warm-up). The first seed's sensitivity report is
-   copied to results/sensitivity_swiglu.{md,png}.
+   run of the same seed with the cheaper steps off, what QAT makes of it. Then the mixed-precision step alone, from
+   the run's own start and ranking, once giving layers float and once 16-bit activations
+   (quantization.escalation.precisions), to compare the two on the same model. Each file's size and batch-1 p50
+   latency on one thread are measured side by side here (interleaved, after warm-up). The first seed's sensitivity
+   report is copied to results/sensitivity_swiglu.{md,png}.
 2. The default data (mnist5k): the sensitivity report of the teacher and of each tier's student (default recipe,
-   seed 1), with accuracy effects, to show what INT8 does to the models tierkit trains by default.
+   seed 1), with accuracy effects, to show what INT8 does to the models tierkit trains by default. --skip-default
+   keeps the table of the last full run.
 
 Writes benchmarks/results/sensitivity.{json,md}.
 """
@@ -20,6 +23,7 @@ import json
 import shutil
 import statistics
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -28,10 +32,11 @@ from hydra import compose, initialize_config_dir
 
 from benchmarks.common import RESULTS, describe, save_results, train_with
 from tierkit.conf import CONFIG_DIR
-from tierkit.onnxio import export_onnx
+from tierkit.onnxio import export_onnx, onnx_accuracy
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
 from tierkit.quant import calibration_samples
-from tierkit.quant.layer_analysis import SensitivityReport, analyse_layers
+from tierkit.quant.escalation import Recipe, escalate_ptq
+from tierkit.quant.layer_analysis import SensitivityReport, analyse_layers, quiet_session
 from tierkit.quant.sensitivity_files import headline, sensitive_layers
 from tierkit.run_folder import RunFolder
 from tierkit.stages.teacher import obtain_teacher
@@ -51,7 +56,15 @@ CASE = [
     "quantization.sensitivity.accuracy_effects=always",
 ]
 QAT_ONLY = ["quantization.escalation.enabled=false"]
-LABELS = {"fp32": "FP32", "ptq": "INT8 post-training", "tuned": "INT8 tuned", "qat": "INT8 QAT"}
+LABELS = {
+    "fp32": "FP32",
+    "ptq": "INT8 post-training",
+    "tuned": "INT8 tuned",
+    "qat": "INT8 QAT",
+    "mixed_float": "INT8 mixed, float layers",
+    "mixed_int16": "INT8 mixed, 16-bit activations",
+}
+MIXED_PRECISIONS = ("float", "int16")
 
 
 def latencies(files: dict[str, Path], shape: list[int]) -> dict[str, float]:
@@ -60,6 +73,46 @@ def latencies(files: dict[str, Path], shape: list[int]) -> dict[str, float]:
     probes = {name: latency_probe(ort_session(path, threads=1), batch) for name, path in files.items()}
     samples = measure_latency(probes, repeats=500, warmup=100, rounds=10)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def mixed_precision_only(seed: int, run: Path, report: dict) -> dict[str, dict]:
+    """Step (b) alone from the run's configured recipe and its sensitivity ranking, once per precision: the same
+    model, samples and budget, so float layers and 16-bit activations are compared like for like."""
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*CASE, f"seed={seed}"])
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup()
+    calibration = report["calibration"]
+    samples = calibration_samples(datamodule, calibration["samples"], calibration["batch_size"], calibration["seed"])
+    folder = RunFolder(run).quantization
+    ranking = json.loads((folder / "sensitivity.json").read_text())["ranking"]
+    found = {}
+    for precision in MIXED_PRECISIONS:
+        escalation = escalate_ptq(
+            folder / report["fp32"]["file"],
+            folder / f"mixed_{precision}.onnx",
+            samples,
+            datamodule,
+            Recipe(calibration["method"], report["per_channel"]),
+            report["ptq"]["val_acc"],
+            report["fp32"]["val_acc"],
+            report["max_drop_vs_fp32"],
+            report["reduce_range"],
+            calibration["batch_size"],
+            ranking,
+            [],
+            int(cfg.quantization.escalation.max_float_layers),
+            (precision,),
+        )
+        if escalation.best is not None:
+            found[f"mixed_{precision}"] = {
+                "path": escalation.best.path,
+                "val_acc": escalation.best.val_acc,
+                "test_acc": onnx_accuracy(quiet_session(escalation.best.path), datamodule, "test"),
+                "recipe": asdict(escalation.best.recipe),
+                "met": escalation.met,
+            }
+    return found
 
 
 def case_seed(seed: int, scratch: Path, keep_report: bool) -> dict:
@@ -72,10 +125,12 @@ def case_seed(seed: int, scratch: Path, keep_report: bool) -> dict:
     files = {key: folder / report[key]["file"] for key in ("fp32", "ptq", "tuned") if report.get(key)}
     if qat_report.get("qat"):
         files["qat"] = qat_folder / qat_report["qat"]["file"]
+    mixed = mixed_precision_only(seed, run, report)
+    files.update({key: found["path"] for key, found in mixed.items()})
     p50 = latencies(files, [1, 40])
     rows = []
     for key, path in files.items():
-        scores = (qat_report if key == "qat" else report)[key]
+        scores = mixed.get(key) or (qat_report if key == "qat" else report)[key]
         rows.append(
             {
                 "file": key,
@@ -97,6 +152,7 @@ def case_seed(seed: int, scratch: Path, keep_report: bool) -> dict:
         "reason": report["reason"],
         "steps": report["steps"],
         "qat_run": {"path": qat_report["path"], "reason": qat_report["reason"]},
+        "mixed_met": {key: found["met"] for key, found in mixed.items()},
         "files": rows,
         "ranking": json.loads((folder / "sensitivity.json").read_text())["ranking"][:3],
     }
@@ -147,13 +203,10 @@ def table(cases: list[dict], defaults: list[dict]) -> list[str]:
     for case in cases:
         for row in case["files"]:
             recipe = row["recipe"]
-            text = (
-                f"{recipe['method']}, {'per-channel' if recipe['per_channel'] else 'per-tensor'}, "
-                f"float: {' '.join(recipe['float_layers']) or '-'}"
-                if recipe
-                else "-"
-            )
+            text = Recipe(**recipe).describe() if recipe else "-"
             ships = "yes" if row["file"] == case["shipped"] else ("QAT-only run" if row["file"] == "qat" else "")
+            if row["file"].startswith("mixed_"):
+                ships = "step (b) alone, " + ("meets" if case["mixed_met"][row["file"]] else "misses")
             lines.append(
                 f"| {case['seed']} | {LABELS[row['file']]} | {text} | {100 * row['val_acc']:.1f}% | "
                 f"{100 * row['drop_val']:+.1f} | {100 * row['test_acc']:.1f}% | {row['bytes'] / 1024:.0f} KiB | "
@@ -183,6 +236,12 @@ def table(cases: list[dict], defaults: list[dict]) -> list[str]:
     return lines
 
 
+def last_defaults() -> list[dict]:
+    """The default-data table of the last full run, kept when only the case is rerun."""
+    previous = RESULTS / "sensitivity.json"
+    return json.loads(previous.read_text()).get("default_data", []) if previous.is_file() else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -193,7 +252,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tierkit-sensitivity-") as tmp:
         scratch = Path(tmp)
         cases = [case_seed(seed, scratch, keep_report=seed == args.seeds[0]) for seed in args.seeds]
-        defaults = [] if args.skip_default else default_reports(scratch)
+        defaults = last_defaults() if args.skip_default else default_reports(scratch)
     save_results("sensitivity", {"cases": cases, "default_data": defaults}, table(cases, defaults))
 
 
