@@ -1,6 +1,6 @@
 """tierkit's headline figures side by side with what a user would otherwise do, on one machine in one run.
 
-    python -m benchmarks.compare [--data NAME] [--quick] [--tiers SWEEP] [--readme] [--out DIR]
+    python -m benchmarks.compare [--data NAME] [--quick] [--tiers SWEEP] [--readme] [--out DIR] [--work DIR]
 
 Rows: the teacher in FP32 (the reference); the teacher made smaller by the tools a user would pick instead, each
 with its own recipe and defaults: ONNX Runtime's static INT8, Lightning's ModelPruning at 50%, torch-pruning at 50%
@@ -15,13 +15,16 @@ cost, and each target printed as PASS or MISS.
 The full mode trains everything on the default data (--data fashion_mnist: the full Fashion-MNIST, with that
 dataset's targets) and writes benchmarks/results/compare[_<data>].{json,md,png}; --readme also puts the tables
 into README.md. --quick runs the same steps on tiny synthetic data in a few minutes, as a smoke test, and writes
-under --out.
+under --out. The full mode takes hours on two cores: with --work DIR every finished training stays in DIR, and
+the same command started again reuses it (the timings are measured afresh every time).
 """
 
 import argparse
 import functools
+import json
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -142,6 +145,17 @@ def base_config(scratch: Path, overrides: list[str]):
         return compose("train", overrides=[f"paths.output_dir={scratch / 'base'}", *overrides])
 
 
+def finished_or_train(overrides: list[str], out: Path) -> dict:
+    """metrics.json of the run in ``out`` when an earlier, stopped benchmark finished it there; else train it (a
+    run stopped half-way is started again from scratch)."""
+    finished = RunFolder(out).read_metrics() if out.is_dir() else None
+    if finished is not None:
+        print(f"  reusing the finished run in {out}", flush=True)
+        return finished.to_dict()
+    shutil.rmtree(out, ignore_errors=True)
+    return train_with(overrides, out)
+
+
 def student_file(metrics: dict, out: Path, shape: tuple[int, ...]) -> Path:
     student, _ = load_student(metrics["checkpoints"]["best"])
     return export_onnx(student, out, shape)
@@ -199,7 +213,21 @@ def tier_runs(tiers: Path) -> dict[str, dict]:
 
 
 def teacher_rows(teacher, datamodule, scratch: Path, mode: Mode, lowend_epochs: int) -> tuple[dict, dict]:
-    """The teacher and what each peer tool makes of it, as files, with notes for the table."""
+    """The teacher and what each peer tool makes of it, as files, with notes for the table; taken from
+    ``teacher_rows.json`` when an earlier run in the same work folder made them all."""
+    record = scratch / "teacher_rows.json"
+    if record.is_file():
+        made = json.loads(record.read_text())
+        files = {name: scratch / file for name, file in made["files"].items()}
+        if all(path.is_file() for path in files.values()):
+            print(f"teacher and peer rows: reusing the files {record} lists", flush=True)
+            return files, made["notes"]
+    files, notes = make_teacher_rows(teacher, datamodule, scratch, mode, lowend_epochs)
+    record.write_text(json.dumps({"files": {name: path.name for name, path in files.items()}, "notes": notes}))
+    return files, notes
+
+
+def make_teacher_rows(teacher, datamodule, scratch: Path, mode: Mode, lowend_epochs: int) -> tuple[dict, dict]:
     shape = tuple(datamodule.input_shape)
     files, notes = {}, {}
     print("teacher: FP32 and ONNX Runtime INT8", flush=True)
@@ -248,7 +276,7 @@ def build_files(scratch: Path, mode: Mode, tiers: Path | None, overrides: list[s
         accuracies[name] = []
         for seed in mode.seeds:
             print(f"training {name}, seed {seed}", flush=True)
-            metrics = train_with([*unpruned_fp32, *extra, f"seed={seed}"], scratch / f"{slug}_{seed}")
+            metrics = finished_or_train([*unpruned_fp32, *extra, f"seed={seed}"], scratch / f"{slug}_{seed}")
             accuracies[name].append(metrics["student"]["test_acc"])
             if seed == mode.seeds[0]:
                 files[name] = student_file(metrics, scratch / f"{slug}.onnx", shape)
@@ -257,11 +285,12 @@ def build_files(scratch: Path, mode: Mode, tiers: Path | None, overrides: list[s
         tiers = scratch / "tiers"
         for tier in TIERS:
             print(f"training tier={tier}", flush=True)
-            train_with([*overrides, f"tier={tier}"], tiers / tier)
+            finished_or_train([*overrides, f"tier={tier}"], tiers / tier)
     tier_metrics = tier_runs(tiers)
     for tier in TIERS:
         stages[f"tier {tier}: distil, prune, quantize"] = (tier_metrics[tier]["train_seconds"], "")
     began = time.perf_counter()
+    shutil.rmtree(scratch / "export", ignore_errors=True)
     files.update(tier_files(tiers, scratch / "export", mode))
     stages["export: three tiers, profiled"] = (time.perf_counter() - began, "")
     for tier in TIERS:
@@ -553,6 +582,12 @@ def main() -> None:
     parser.add_argument("--tiers", type=Path, help="an existing sweep of the three tiers to take instead of training")
     parser.add_argument("--readme", action="store_true", help="also write the tables into README.md")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results; --quick needs one)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="keep every trained run and file here (default: a temporary folder); a rerun with the same folder and "
+        "options reuses what a stopped run finished",
+    )
     args = parser.parse_args()
     if args.quick and (args.out is None or args.readme):
         parser.error("--quick needs --out and cannot fill the README (its figures are not the real ones)")
@@ -562,7 +597,8 @@ def main() -> None:
     print(describe(), flush=True)
     mode = QUICK if args.quick else FULL
     with tempfile.TemporaryDirectory(prefix="tierkit-compare-") as tmp:
-        scratch = Path(tmp)
+        scratch = args.work or Path(tmp)
+        scratch.mkdir(parents=True, exist_ok=True)
         cache = [f"paths.cache_dir={scratch / 'cache'}"] if args.quick else []
         overrides = [*cache, *mode.data, *([f"data={args.data}"] if args.data else [])]
         built = build_files(scratch, mode, args.tiers, overrides)
