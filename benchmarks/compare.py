@@ -126,6 +126,9 @@ QUICK = Mode(
         "callbacks.pruning.end_epoch=1",
         "callbacks.pruning.steps=2",
         "quantization=off",
+        # A smoke test of the steps: batch-1 latencies of a few interleaved runs on a shared 2-core machine swing
+        # by 100x, so export's latency budgets would decide at random whether a tier ships.
+        "tier.budgets.max_latency_ms=1000",
     ),
     2,
     20,
