@@ -155,3 +155,19 @@ def test_derived_student_benchmark_counts_epochs_to_a_target():
     assert first_epoch_reaching([0.5, 0.6], 0.7) is None
     assert first_epoch_reaching([0.9, 0.5, 0.8], 0.7, from_epoch=2) == 3
     assert epochs_cell([2, 4, None]) == "3.0 ± 1.4 (1 of 3 never)"
+
+
+def test_a_stopped_compare_reuses_finished_runs_and_retrains_unfinished_ones(tmp_path, monkeypatch):
+    from benchmarks import compare
+    from tierkit.run_folder import ModelSummary, RunFolder, RunMetrics
+
+    finished, stopped = tmp_path / "finished", tmp_path / "stopped"
+    student = ModelSummary("SmallCNN", 0.9, params=1, macs=1, size_bytes=1)
+    RunFolder(finished).write_metrics(RunMetrics(tier="lowend", seed=1, epochs=1, student=student, checkpoints={}))
+    (stopped / "checkpoints").mkdir(parents=True)
+    (stopped / "checkpoints" / "last.ckpt").write_bytes(b"half an epoch")
+    trained = []
+    monkeypatch.setattr(compare, "train_with", lambda overrides, out: trained.append(out) or {"trained": True})
+    assert compare.finished_or_train(["seed=1"], finished)["student"]["test_acc"] == 0.9
+    assert compare.finished_or_train(["seed=1"], stopped) == {"trained": True}
+    assert trained == [stopped] and not (stopped / "checkpoints").exists()
