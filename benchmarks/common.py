@@ -53,6 +53,13 @@ def save_results(name: str, payload: dict, table_lines: list[str] | None = None,
         print("\n".join(table_lines))
 
 
+def results_name(base: str, overrides: list[str]) -> str:
+    """``base``, or ``base_<data>`` when the runs use other data than the default, so one dataset's results never
+    overwrite another's."""
+    data = [o.split("=", 1)[1] for o in overrides if o.startswith("data=")]
+    return base + (f"_{data[-1]}" if data else "")
+
+
 def train_with(overrides: list[str], output_dir: Path) -> dict[str, Any]:
     """Compose conf/train.yaml with ``overrides`` and train; returns metrics.json's content."""
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import describe, save_results, spread, tiers_and_seeds, train_with
+from benchmarks.common import describe, results_name, save_results, spread, tiers_and_seeds, train_with
 from tierkit.run_folder import RunFolder
 from tierkit.utils.noise import silence_known_noise
 
@@ -86,12 +86,6 @@ def main() -> None:
             write_results(args, rows, time.perf_counter() - started)
 
 
-def results_name(overrides: list[str]) -> str:
-    """derived_student, or derived_student_<data> when the runs use other data than the default."""
-    data = [o.split("=", 1)[1] for o in overrides if o.startswith("data=")]
-    return "derived_student" + (f"_{data[-1]}" if data else "")
-
-
 def write_results(args: argparse.Namespace, rows: list[dict], seconds: float) -> None:
     lines = [
         f"Machine: {describe()}",
@@ -119,7 +113,7 @@ def write_results(args: argparse.Namespace, rows: list[dict], seconds: float) ->
         f"Mean ± sample standard deviation over seeds {', '.join(map(str, args.seeds))}; "
         f"{len(args.seeds) * len(rows) * len(MODES)} runs in {seconds:.0f} s.",
     ]
-    save_results(results_name(args.overrides), {"rows": rows}, lines)
+    save_results(results_name("derived_student", args.overrides), {"rows": rows}, lines)
 
 
 if __name__ == "__main__":

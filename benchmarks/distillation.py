@@ -2,7 +2,7 @@
 
     python -m benchmarks.distillation [--tiers lowend ...] [--seeds 1 2 3] [extra overrides...]
 
-Writes benchmarks/results/distillation.{json,md}.
+Writes benchmarks/results/distillation.{json,md} (distillation_<data>.* with a data= override).
 """
 
 import statistics
@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import describe, save_results, spread, tiers_and_seeds, train_with
+from benchmarks.common import describe, results_name, save_results, spread, tiers_and_seeds, train_with
 from tierkit.utils.noise import silence_known_noise
 
 
@@ -73,7 +73,7 @@ def main() -> None:
         f"Mean ± sample standard deviation over seeds {', '.join(map(str, args.seeds))} (the same seeds with and "
         f"without KD); {len(args.seeds) * len(args.tiers) * 2} runs in {time.perf_counter() - started:.0f} s.",
     ]
-    save_results("distillation", {"rows": rows}, lines)
+    save_results(results_name("distillation", args.overrides), {"rows": rows}, lines)
 
 
 if __name__ == "__main__":

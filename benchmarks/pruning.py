@@ -4,7 +4,7 @@ sparsity. Accuracy over seeds; ONNX Runtime latency at batch 1 on one thread, in
 
     python -m benchmarks.pruning [--seeds 1 2 3] [--target 0.5] [extra overrides...]
 
-Writes benchmarks/results/pruning.{json,md}.
+Writes benchmarks/results/pruning.{json,md} (pruning_<data>.* with a data= override).
 """
 
 import argparse
@@ -16,7 +16,7 @@ import hydra
 import numpy as np
 
 from benchmarks.baselines import zero_fraction
-from benchmarks.common import describe, save_results, train_with
+from benchmarks.common import describe, results_name, save_results, train_with
 from tierkit.models.checkpoint import load_student
 from tierkit.onnxio import export_onnx, onnx_accuracy
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
@@ -119,7 +119,7 @@ def main() -> None:
         f"mean ± sd over seeds {', '.join(map(str, args.seeds))}. Latency is the median of interleaved ONNX Runtime "
         "runs (batch 1, one thread, all graph optimizations), averaged over the seeds' models.",
     ]
-    save_results("pruning", {"runs": runs}, lines)
+    save_results(results_name("pruning", args.overrides), {"runs": runs}, lines)
 
 
 if __name__ == "__main__":
