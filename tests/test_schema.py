@@ -102,6 +102,11 @@ def test_constructor_annotations_are_read_through_unions_literals_and_containers
         (["distill.alpha=-0.1"], "distill.alpha", "distill.alpha=-0.1 is outside [0, 1]"),
         (["tier.size_vs_teacher=0"], "tier.size_vs_teacher", "is outside (0, 1]"),
         (["tier.precisions=[fp32,int4]"], "tier.precisions", "unknown tier.precisions 'int4'"),
+        (
+            ["quantization.escalation.precisions=[int16,int4]"],
+            "quantization.escalation.precisions",
+            "unknown quantization.escalation.precisions 'int4'",
+        ),
         (["tier.budgets.max_size_kib=nan"], "tier.budgets.max_size_kib", "max_size_kib=nan must be positive"),
         (["data.num_workers=-1"], "data.num_workers", "data.num_workers=-1 must be at least 0"),
         (["data.batch_size=2.5"], "data.batch_size", "data.batch_size=2.5 is not an int"),

@@ -68,7 +68,8 @@ class QuantizationReport:
     """What the quantization stage measured and which INT8 path it chose, and why.
 
     Paths: ``ptq`` (post-training, as configured), ``tuned`` (post-training with another calibration and/or layers
-    in higher precision), ``qat`` (quantization-aware training). ``steps`` lists every candidate measured, cheapest first.
+    in higher precision), ``qat`` (quantization-aware training). ``steps`` lists every candidate measured, cheapest
+    first.
     """
 
     max_drop_vs_fp32: float

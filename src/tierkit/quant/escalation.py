@@ -104,11 +104,12 @@ def calibration_recipes(start: Recipe, methods: list[str]) -> list[Recipe]:
 
 def check_precisions(precisions: list[str]) -> None:
     unknown = sorted(set(precisions) - set(MIXED_PRECISIONS))
-    if unknown or not precisions:
+    if unknown:
         raise TierkitError(
-            f"quantization.escalation.precisions is {precisions}",
+            f"unknown quantization.escalation.precisions {unknown}",
             where="quantization.escalation.precisions",
-            fix=f"list one or more of {', '.join(MIXED_PRECISIONS)}, tried in that order for each sensitive layer",
+            fix=f"list some of {', '.join(MIXED_PRECISIONS)}, tried in that order for each sensitive layer "
+            "(an empty list skips mixed precision)",
         )
 
 

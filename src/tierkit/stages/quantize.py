@@ -260,7 +260,7 @@ def layer_sensitivity(
             fix=f"use one of {', '.join(ACCURACY_EFFECTS)}",
         )
     effects = wanted == "always" or (wanted == "when_missed" and missed)
-    for_mixed = escalates and settings.escalation.max_float_layers > 0
+    for_mixed = escalates and settings.escalation.max_float_layers > 0 and len(settings.escalation.precisions) > 0
     if not settings.sensitivity.enabled and not for_mixed:
         return None
     calibration = settings.calibration
