@@ -56,6 +56,7 @@ class Range:
 
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+# What mixed precision may give a sensitive layer: INT8 weights with 16-bit activations, or float.
 MIXED_PRECISIONS = ("int16", "float")
 GRAPH_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
 POSITIVE = Range(gt=0)

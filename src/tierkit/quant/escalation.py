@@ -19,6 +19,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 
+from tierkit.conf.schema import MIXED_PRECISIONS
 from tierkit.errors import TierkitError
 from tierkit.onnxio import onnx_accuracy
 from tierkit.quant.layer_analysis import quiet_session
@@ -50,10 +51,6 @@ class Recipe:
 
     def higher_precision_layers(self) -> list[str]:
         return [*self.int16_layers, *self.float_layers]
-
-
-# What mixed precision may give a sensitive layer: INT8 weights with 16-bit activations, or float.
-MIXED_PRECISIONS = ("int16", "float")
 
 
 @dataclass
