@@ -301,11 +301,21 @@ def test_budget_pruning_judges_the_last_step_after_its_recovery():
     assert describe_structure(student)["features.3.0"]["out_channels"] == pruning.history[0]["kept"]["features.3.0"]
 
 
-def test_budget_pruning_keeps_a_student_that_misses_before_any_step_unpruned():
+def test_budget_pruning_keeps_a_student_that_never_comes_within_budget_unpruned():
     unpruned = describe_structure(SmallCNN(SHAPE, 4, width=0.5))
-    student, pruning = _budget_run({0: 0.05})
-    assert pruning.steps_done == 0 and "kept unpruned" in pruning.stopped
+    student, pruning = _budget_run(dict.fromkeys(range(5), 0.05))
+    assert pruning.steps_done == 0 and "too late for a pruning step" in pruning.stopped
+    assert "kept unpruned" in pruning.stopped
     assert describe_structure(student) == unpruned
+
+
+def test_budget_pruning_starts_later_for_a_student_still_learning_and_still_reaches_the_target():
+    # Behind the teacher after epochs 0 and 1, within budget from epoch 2: the steps planned for epochs 1-3 move to
+    # 3-4, closer together so that an epoch of recovery is left inside the 6-epoch run.
+    _, pruning = _budget_run({0: 0.05, 1: 0.05}, epochs=6)
+    assert pruning.stopped is None and pruning.steps_done == 2
+    assert [record["epoch"] for record in pruning.history] == [3, 4]
+    assert pruning.history[-1]["ratio"] == pytest.approx(0.6)
 
 
 def test_budget_pruning_waits_for_a_student_that_recovers_and_goes_on():

@@ -228,9 +228,9 @@ class StructuredPruning(Callback):
     def within_budget(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
         """Budget mode, when a step (or the check after the last one) is due: may pruning go on?
 
-        A student past the budget gets up to ``patience`` more epochs of recovery (the step waits); after that the
-        latest step is rolled back (an unpruned student stays unpruned) and pruning stops. Before the first
-        validation there is nothing to judge, and pruning goes on.
+        A pruned student past the budget gets up to ``patience`` more epochs of recovery (the step waits); after
+        that the latest step is rolled back and pruning stops. An unpruned student past it moves the schedule
+        later instead (``postpone``). Before the first validation there is nothing to judge, and pruning goes on.
         """
         metrics = trainer.callback_metrics
         if "val/teacher_acc" not in metrics or "val/acc" not in metrics:
@@ -239,6 +239,9 @@ class StructuredPruning(Callback):
         if drop <= self.max_drop - self.margin:
             self.waited = 0
             return True
+        if self.steps_done == 0:
+            self.postpone(trainer, drop)
+            return False
         if self.waited < self.patience:
             self.waited += 1
             log.info(
@@ -252,18 +255,48 @@ class StructuredPruning(Callback):
             return False
         reached = self.ratios[self.steps_done - 2] if self.steps_done >= 2 else 0.0
         judged = f"{100 * drop:.2f} points under the teacher on validation after {self.patience} epoch(s) of patience"
-        allowed = f"(budget {100 * self.max_drop:.2f}, margin {100 * self.margin:.2f})"
-        if self.steps_done == 0:
-            self.stopped = f"the unpruned student is {judged} {allowed}: it is kept unpruned"
-        else:
-            pruned = 100 * self.ratios[self.steps_done - 1]
-            self.stopped = (
-                f"after pruning {pruned:.0f}% the student was {judged} {allowed}: rolled back to "
-                f"{100 * reached:.0f}% and stopped"
-            )
-            self.restore(trainer, pl_module, reached)
+        pruned = 100 * self.ratios[self.steps_done - 1]
+        self.stopped = (
+            f"after pruning {pruned:.0f}% the student was {judged} {self._allowed()}: rolled back to "
+            f"{100 * reached:.0f}% and stopped"
+        )
+        self.restore(trainer, pl_module, reached)
         log.warning("Budget pruning: %s", self.stopped)
         return False
+
+    def _allowed(self) -> str:
+        return f"(budget {100 * self.max_drop:.2f}, margin {100 * self.margin:.2f})"
+
+    def postpone(self, trainer: L.Trainer, drop: float) -> None:
+        """Budget mode, before the first step: move the schedule an epoch later instead of giving up on the student.
+
+        A student trained from scratch is far under its teacher in its first epochs; judging it then would keep it
+        unpruned for good. Nothing is pruned yet, so waiting costs nothing: the steps move to start next epoch,
+        keeping their spacing, or closer together so that the last one still leaves an epoch of recovery inside
+        the run. A student still past the budget when no step fits any more is kept unpruned.
+        """
+        epoch = trainer.current_epoch
+        start, span = epoch + 1, self.epochs[-1] - self.epochs[0]
+        end = start + span
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            end = min(end, trainer.max_epochs - 2)
+        if end < start:
+            self.stopped = (
+                f"the unpruned student was still {100 * drop:.2f} points under the teacher on validation at epoch "
+                f"{epoch} {self._allowed()}, too late for a pruning step and its recovery: it is kept unpruned"
+            )
+            log.warning("Budget pruning: %s", self.stopped)
+            return
+        self.epochs = step_epochs(start, end, len(self.ratios))
+        self.ratios = pruning_schedule(self.schedule, self.target, len(self.epochs))
+        log.info(
+            "Budget pruning: the unpruned student is %.2f points under the teacher on validation (allowed %.2f); "
+            "pruning starts when it is within, now at epoch %d at the earliest (steps at epochs %s)",
+            100 * drop,
+            100 * (self.max_drop - self.margin),
+            start,
+            self.epochs,
+        )
 
     def restore(self, trainer: L.Trainer, pl_module: L.LightningModule, ratio: float) -> None:
         """Put back the student saved before the latest step, and let training go on with it."""

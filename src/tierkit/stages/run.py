@@ -75,6 +75,7 @@ def run_recipe(cfg: DictConfig, ckpt_path: str | None, saved: dict[str, Any], st
             "removed": pruning.history[-1]["removed"] if pruning.history else 0.0,
             "steps_done": pruning.steps_done,
             "steps_planned": len(pruning.ratios),
+            "step_epochs": pruning.epochs,
             "schedule_fitted": pruning.fitted,
             "mode": pruning.mode,
             "stopped_early": pruning.stopped,
