@@ -77,9 +77,15 @@ def compose_train(tmp_path: Path, *overrides: str, hydra_config: bool = False) -
         )
 
 
-def run_cli(tmp_path: Path, *args: str, script: str = "train.py", timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run an entry point the way a user does, from a scratch folder, with the teacher cache inside it."""
+def run_cli(
+    tmp_path: Path, *args: str, script: str = "train.py", timeout: int = 300, test_helpers: bool = False
+) -> subprocess.CompletedProcess:
+    """Run an entry point the way a user does, from a scratch folder, with the teacher cache inside it.
+
+    ``test_helpers`` puts tests/ on the path, for configs that name a test-only callback as a ``_target_``."""
     env = {**os.environ, "TIERKIT_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
+    if test_helpers:
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
     return subprocess.run(
         [sys.executable, str(REPO / script), *args],
         cwd=tmp_path,

@@ -265,6 +265,25 @@ def test_pruning_under_two_process_ddp_keeps_ranks_identical(tmp_path):
     assert sum(p.numel() for p in student.parameters()) == metrics["student"]["params"]
 
 
+def test_budget_pruning_under_two_process_ddp_rolls_back_the_same_step_on_both_ranks(tmp_path):
+    run = tmp_path / "outputs" / "ddp-budget"
+    budget = ["trainer.max_epochs=4", "callbacks.pruning.mode=budget", "callbacks.pruning.max_drop=0.02"]
+    budget += ["callbacks.pruning.patience=0"]
+    # The student after the second step (epoch 1) is scripted 50 points under the teacher on validation.
+    scripted = ["+callbacks.gap._target_=scripted_gap.TeacherAhead", "+callbacks.gap.gaps=[0.0,0.5]"]
+    args = [*TINY, *PRUNED, *budget, *scripted, "trainer=ddp_cpu", "trainer.devices=2", f"hydra.run.dir={run}"]
+    result = run_cli(tmp_path, *args, test_helpers=True)
+    assert "MEMBER: 1/2" in result.stdout + result.stderr, "two processes must take part"
+    assert result.returncode == 0, result.stderr[-3000:]
+    pruning = json.loads((run / "metrics.json").read_text())["pruning"]
+    assert [record["event"] for record in pruning["history"]] == ["pruned", "pruned", "rolled back"]
+    assert "rolled back to 25%" in pruning["stopped_early"]
+    student, _ = load_student(run / "checkpoints" / "best.ckpt")
+    first_step = pruning["history"][0]["kept"]
+    kept = {name: int(m.weight.shape[0]) for name, m in student.named_modules() if name in first_step}
+    assert kept == first_step, "the best checkpoint holds the structure rolled back to"
+
+
 def test_a_two_task_slurm_job_shares_one_folder_one_teacher_and_one_ddp_fit(tmp_path):
     """What srun starts for --ntasks-per-node=2: the same command twice, told apart by SLURM_PROCID. The teacher
     and the quantization stage (QAT forced) run in one process; the student's fit is DDP over both tasks."""

@@ -7,6 +7,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
+from scripted_gap import TeacherAhead
 
 from tierkit.data import SyntheticDataModule
 from tierkit.distill import DistillationModule
@@ -254,19 +255,6 @@ def test_the_record_says_how_much_rounding_left_of_an_extreme_target():
     _trainer(1, [pruning], enable_checkpointing=False).fit(_module(student), datamodule=_data())
     removed = pruning.history[-1]["removed"]
     assert pruning.history[-1]["ratio"] == 0.99 and 0.3 < removed < 0.9
-
-
-class TeacherAhead(L.Callback):
-    """Sets the validation teacher accuracy to the student's plus a scripted gap per epoch, so that budget pruning
-    sees a drop the test chooses."""
-
-    def __init__(self, gaps: dict[int, float]):
-        self.gaps = gaps
-
-    def on_validation_end(self, trainer, pl_module):
-        if not trainer.sanity_checking:
-            gap = self.gaps.get(trainer.current_epoch, 0.0)
-            trainer.callback_metrics["val/teacher_acc"] = trainer.callback_metrics["val/acc"] + gap
 
 
 def _budget_run(gaps, start_epoch=1, end_epoch=3, steps=3, epochs=5, patience=0):
