@@ -66,6 +66,7 @@ def test_quick_compare_measures_every_row(quick):
     assert {rows[name]["runtime"] for name in ROWS} == {"ONNX Runtime", "OpenVINO"}
     checks = {check["name"]: check for check in payload["checks"]}
     assert "lowend Pareto-dominates teacher NNCF INT8" in checks and "lowend within 1 point of the teacher" in checks
+    assert checks["export ships a model for every tier"]["passed"] and payload["unshipped"] == []
     assert all(isinstance(check["passed"], bool) and check["detail"] for check in checks.values())
     floor = payload["floor"]
     assert floor["lowend_macs"] > 0 and 0 < floor["lowend_floor_ms"] < rows["tierkit lowend"]["cpu_1thread_p50_ms"]
@@ -171,3 +172,25 @@ def test_a_stopped_compare_reuses_finished_runs_and_retrains_unfinished_ones(tmp
     assert compare.finished_or_train(["seed=1"], finished)["student"]["test_acc"] == 0.9
     assert compare.finished_or_train(["seed=1"], stopped) == {"trained": True}
     assert trained == [stopped] and not (stopped / "checkpoints").exists()
+
+
+def test_a_tier_that_ships_nothing_is_compared_by_the_variant_closest_to_shipping():
+    from benchmarks.compare import best_effort
+
+    def variant(name, precision, accuracy, failed):
+        checks = {"accuracy": "accuracy" not in failed, "size": "size" not in failed, "latency": True}
+        return {
+            "name": name,
+            "precision": precision,
+            "allowed_precisions": ["fp32", "int8"],
+            "accuracy": accuracy,
+            "bytes": 100,
+            "checks": checks,
+        }
+
+    variants = [
+        variant("fp16", "fp16", 0.95, ["accuracy"]),  # most accurate, but a precision the tier does not ship
+        variant("fp32", "fp32", 0.94, ["accuracy", "size"]),
+        variant("int8", "int8", 0.93, ["accuracy"]),
+    ]
+    assert best_effort(variants)["name"] == "int8"
