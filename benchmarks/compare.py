@@ -564,31 +564,34 @@ def row_colour(name: str) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Accuracy against single-thread latency (marker area ~ file size), and file sizes side by side."""
+    """Accuracy against single-thread latency (marker area ~ file size), and file sizes side by side.
+
+    Points are numbered rather than named, because peers of the same size and speed sit on top of each other; the
+    bar chart beside gives each number its row."""
     figure = Figure(figsize=(12, 4.8), layout="constrained")
     scatter, bars = figure.subplots(1, 2, width_ratios=[3, 2])
     largest = max(row["bytes"] for row in rows)
-    for row in rows:
+    for number, row in enumerate(rows, 1):
         colour = row_colour(row["model"])
         area = 40 + 800 * row["bytes"] / largest
         scatter.scatter(row["cpu_1thread_p50_ms"], 100 * row["accuracy"], s=area, color=colour, alpha=0.6)
         scatter.annotate(
-            row["model"],
+            str(number),
             (row["cpu_1thread_p50_ms"], 100 * row["accuracy"]),
             fontsize=8,
-            xytext=(6, 4),
+            xytext=(6, 3 if number % 2 else -10),
             textcoords="offset points",
         )
     scatter.set_xscale("log")
     plain_log_axis(scatter.xaxis)
     scatter.set_xlabel("batch-1 latency p50, 1 thread (ms, log)")
-    scatter.set_ylabel("test accuracy in ONNX Runtime (%)")
+    scatter.set_ylabel("test accuracy, in the row's runtime (%)")
     scatter.set_title("accuracy against latency (marker area ~ file size)")
-    names = [row["model"] for row in rows]
+    names = [f"{number}  {row['model']}" for number, row in enumerate(rows, 1)]
     bars.barh(
         names,
         [row["bytes"] / 1024 for row in rows],
-        color=[row_colour(name) for name in names],
+        color=[row_colour(row["model"]) for row in rows],
     )
     bars.set_xscale("log")
     plain_log_axis(bars.xaxis)
