@@ -1,9 +1,11 @@
 """The tier verdict every run ends with: the best candidate against the tier's accuracy, size and latency budgets."""
 
+import numpy as np
 import pytest
 from omegaconf import open_dict
 
 from tests.conftest import compose_train
+from tierkit.export.tiers import budget_checks
 from tierkit.models import SmallCNN
 from tierkit.onnxio import export_onnx
 from tierkit.quant import convert_fp16
@@ -77,3 +79,17 @@ def test_the_verdict_round_trips_through_metrics_json(tmp_path):
     metrics.verdict = tier_verdict(_cfg(tmp_path), metrics, folder)
     folder.write_metrics(metrics)
     assert folder.read_metrics().verdict == metrics.verdict
+
+
+BUDGETS = {"max_drop_vs_teacher": 0.01, "max_size_kib": 256, "max_latency_ms": 0.3}
+
+
+def test_a_drop_of_exactly_the_budget_passes_whether_accuracies_are_float32_metrics_or_counts():
+    # 99.0% against 98.0% on a 1,000-image split and a 1-point budget: the teacher's accuracy as a float32 metric
+    # is 0.99000000954, which once failed the run's verdict while export, with exact counts, shipped the model.
+    teacher = float(np.float32(0.99))
+    for student in (float(np.float32(0.98)), 980 / 1000):
+        passed, words = budget_checks(BUDGETS, teacher - student, 10.0, None, "cpu_1thread")["accuracy"]
+        assert passed, words
+    passed, _ = budget_checks(BUDGETS, teacher - 979 / 1000, 10.0, None, "cpu_1thread")["accuracy"]
+    assert not passed, "one image more is a miss"

@@ -20,8 +20,9 @@ def budget_checks(
     if drop is None:
         checks["accuracy"] = (None, "accuracy drop not measured (no teacher to compare with)")
     else:
-        # A hair of slack so an accuracy measured on a finite split is not failed by float rounding.
-        passed = drop <= allowed + 1e-9
+        # Slack for rounding: accuracies reach here as float32 metrics (about 1e-7 off) as well as exact counts, so
+        # a drop of exactly the budget must not fail on that. 1e-6 is under one image of any split below 1M images.
+        passed = drop <= allowed + 1e-6
         checks["accuracy"] = (
             passed,
             f"accuracy drop {100 * drop:.2f} {'<=' if passed else '>'} {100 * allowed:.2f} points vs the teacher",
