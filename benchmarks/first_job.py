@@ -6,11 +6,13 @@ The first row is the job exactly as the README gives it (seed 42, teacher seed 0
 the teacher and the student (`seed=S teacher.seed=S`), as a different machine or a fresh clone would, so each
 row trains its own teacher. Each run is exported by `python export.py run=<run>`; the table gives the run's own
 tier verdict (metrics.json) beside what export shipped for the tier, and why when nothing shipped. Both entry
-points run as a user runs them, in subprocesses. Writes benchmarks/results/first_job.{json,md}.
+points run as a user runs them, in subprocesses. Writes benchmarks/results/first_job.{json,md}, or, with
+overrides, first_job_<the overrides' values>.{json,md} (`callbacks.pruning.mode=budget`: first_job_budget).
 """
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -88,7 +90,8 @@ def main() -> None:
             f"{r['train_seconds']} / {r['export_seconds']} |"
         )
     lines += ["", f"Export shipped a model for the tier in {shipped} of {len(rows)} runs."]
-    save_results("first_job", {"command": command, "rows": rows}, lines)
+    name = "_".join(["first_job", *(re.sub(r"\W+", "-", o.split("=", 1)[-1]) for o in args.overrides)])
+    save_results(name, {"command": command, "rows": rows}, lines)
 
 
 if __name__ == "__main__":
