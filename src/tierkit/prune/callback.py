@@ -282,8 +282,8 @@ class StructuredPruning(Callback):
             end = min(end, trainer.max_epochs - 2)
         if end < start:
             self.stopped = (
-                f"the unpruned student was still {100 * drop:.2f} points under the teacher on validation at epoch "
-                f"{epoch} {self._allowed()}, too late for a pruning step and its recovery: it is kept unpruned"
+                f"the unpruned student was still {100 * drop:.2f} points under the teacher on validation at the start "
+                f"of epoch {epoch} {self._allowed()}, too late for a pruning step and its recovery: it is kept unpruned"
             )
             log.warning("Budget pruning: %s", self.stopped)
             return
