@@ -171,11 +171,9 @@ class StructuredPruning(Callback):
             )
             self.ratios, self.epochs = [], []
             return
-        end = max(start, last_epoch - 1)
-        epochs = step_epochs(start, end, len(self.ratios))
         before = self.epochs
-        self.epochs, self.ratios = epochs, pruning_schedule(self.schedule, self.target, len(epochs))
-        self.fitted = f"schedule moved from epochs {before} to {epochs} to end within {max_epochs} epochs"
+        self.place_steps(start, max(start, last_epoch - 1))
+        self.fitted = f"schedule moved from epochs {before} to {self.epochs} to end within {max_epochs} epochs"
         log.warning(
             "Pruning %s (trainer.max_epochs=%d): the target %.0f%% is still reached, with less recovery between "
             "steps; set callbacks.pruning.end_epoch below trainer.max_epochs to choose the schedule yourself",
@@ -183,6 +181,12 @@ class StructuredPruning(Callback):
             max_epochs,
             100 * self.target,
         )
+
+    def place_steps(self, start: int, end: int) -> None:
+        """Spread the steps over epochs ``start`` to ``end``; fewer distinct epochs mean fewer, larger steps to the
+        same target."""
+        self.epochs = step_epochs(start, end, len(self.ratios))
+        self.ratios = pruning_schedule(self.schedule, self.target, len(self.epochs))
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Fail before training if the student cannot be pruned as configured."""
@@ -287,8 +291,7 @@ class StructuredPruning(Callback):
             )
             log.warning("Budget pruning: %s", self.stopped)
             return
-        self.epochs = step_epochs(start, end, len(self.ratios))
-        self.ratios = pruning_schedule(self.schedule, self.target, len(self.epochs))
+        self.place_steps(start, end)
         log.info(
             "Budget pruning: the unpruned student is %.2f points under the teacher on validation (allowed %.2f); "
             "pruning starts when it is within, now at epoch %d at the earliest (steps at epochs %s)",
