@@ -1,6 +1,6 @@
 """The README's first job across seeds: does `python train.py` then `python export.py` ship a model for its tier?
 
-    python -m benchmarks.first_job [--seeds 1 2 3 4] [extra overrides...]
+    python -m benchmarks.first_job [extra overrides...] [--seeds 1 2 3 4] [--keep DIR]
 
 The first row is the job exactly as the README gives it (seed 42, teacher seed 0). Every other seed S varies both
 the teacher and the student (`seed=S teacher.seed=S`), as a different machine or a fresh clone would, so each
@@ -64,14 +64,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides added to every train.py run")
+    parser.add_argument(
+        "--keep", type=Path, help="keep the run and export folders in this new folder (default: a temporary one)"
+    )
     args = parser.parse_args()
     print(describe(), flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="tierkit-first-job-") as tmp:
+        scratch = args.keep or Path(tmp)
         for seed in [None, *args.seeds]:
-            rows.append(first_job(seed, Path(tmp), args.overrides))
+            rows.append(first_job(seed, scratch, args.overrides))
             print(rows[-1], flush=True)
-    command = " ".join(["python -m benchmarks.first_job --seeds", *map(str, args.seeds), *args.overrides])
+    command = " ".join(["python -m benchmarks.first_job", *args.overrides, "--seeds", *map(str, args.seeds)])
     shipped = sum(r["ships"] is not None for r in rows)
     lines = [
         f"Machine: {describe()}",
