@@ -1,6 +1,7 @@
 """tierkit's headline figures side by side with what a user would otherwise do, on one machine in one run.
 
-    python -m benchmarks.compare [--data NAME] [--quick] [--tiers SWEEP] [--readme] [--out DIR] [--work DIR]
+    python -m benchmarks.compare [--data NAME] [--quick] [--tiers SWEEP] [--tier-overrides KEY=VALUE ...]
+                                 [--readme] [--out DIR] [--work DIR]
 
 Rows: the teacher in FP32 (the reference); the teacher made smaller by the tools a user would pick instead, each
 with its own recipe and defaults: ONNX Runtime's static INT8, Lightning's ModelPruning at 50%, torch-pruning at 50%
@@ -143,6 +144,11 @@ QUICK = Mode(
 )
 
 
+def override_name(base: str, overrides: list[str]) -> str:
+    """``base`` followed by each override's value (``student=from_teacher`` -> ``base_from_teacher``)."""
+    return "_".join([base, *(o.split("=", 1)[-1].replace("/", "-") for o in overrides)])
+
+
 def base_config(scratch: Path, overrides: list[str]):
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return compose("train", overrides=[f"paths.output_dir={scratch / 'base'}", *overrides])
@@ -274,8 +280,11 @@ def make_teacher_rows(teacher, datamodule, scratch: Path, mode: Mode, lowend_epo
     return files, notes
 
 
-def build_files(scratch: Path, mode: Mode, tiers: Path | None, overrides: list[str]) -> Built:
-    """Every model to compare as a file, and the per-seed accuracies, tier metrics and stage times the checks use."""
+def build_files(
+    scratch: Path, mode: Mode, tiers: Path | None, overrides: list[str], tier_overrides: list[str]
+) -> Built:
+    """Every model to compare as a file, and the per-seed accuracies, tier metrics and stage times the checks use.
+    ``tier_overrides`` go to the three tier runs only, which then train in a folder named by their values."""
     cfg = base_config(scratch, overrides)
     datamodule = instantiate(cfg.data, where="data")
     datamodule.setup()
@@ -304,10 +313,10 @@ def build_files(scratch: Path, mode: Mode, tiers: Path | None, overrides: list[s
                 files[name] = student_file(metrics, scratch / f"{slug}.onnx", shape)
         notes[name] = f"seed {mode.seeds[0]} (of {len(mode.seeds)} for the distillation check)"
     if tiers is None:
-        tiers = scratch / "tiers"
+        tiers = scratch / override_name("tiers", tier_overrides)
         for tier in TIERS:
-            print(f"training tier={tier}", flush=True)
-            finished_or_train([*overrides, f"tier={tier}"], tiers / tier)
+            print(f"training tier={tier}", " ".join(tier_overrides), flush=True)
+            finished_or_train([*overrides, *tier_overrides, f"tier={tier}"], tiers / tier)
     tier_metrics = tier_runs(tiers)
     for tier in TIERS:
         stages[f"tier {tier}: distil, prune, quantize"] = (tier_metrics[tier]["train_seconds"], "")
@@ -484,7 +493,7 @@ def measure_floor(scratch: Path, lowend_macs: int, mode: Mode) -> dict:
     """The best MAC rates here and the least time lowend's MACs could take at the best of them."""
     print("measuring the hardware floor (large convolution and matrix product, FP32 and INT8)", flush=True)
     folder = scratch / "floor"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     rates = mac_rates(folder, threads=1, repeats=mode.floor_repeats)
     return {
         "gmac_per_s": {k: v / 1e9 for k, v in rates.items()},
@@ -616,6 +625,14 @@ def main() -> None:
     parser.add_argument("--data", help="a data= option for every run (e.g. fashion_mnist); default: the default data")
     parser.add_argument("--quick", action="store_true", help="tiny synthetic data and few repeats: a smoke test")
     parser.add_argument("--tiers", type=Path, help="an existing sweep of the three tiers to take instead of training")
+    parser.add_argument(
+        "--tier-overrides",
+        nargs="+",
+        default=[],
+        metavar="OVERRIDE",
+        help="Hydra overrides for the three tier runs only (e.g. student=from_teacher callbacks.pruning.mode=budget); "
+        "results are named by their values",
+    )
     parser.add_argument("--readme", action="store_true", help="also write the tables into README.md")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results; --quick needs one)")
     parser.add_argument(
@@ -637,19 +654,21 @@ def main() -> None:
         scratch.mkdir(parents=True, exist_ok=True)
         cache = [f"paths.cache_dir={scratch / 'cache'}"] if args.quick else []
         overrides = [*cache, *mode.data, *([f"data={args.data}"] if args.data else [])]
-        built = build_files(scratch, mode, args.tiers, overrides)
+        built = build_files(scratch, mode, args.tiers, overrides, args.tier_overrides)
         rows = measure_models(built.files, built.datamodule, mode)
         floor = measure_floor(scratch, built.tier_metrics["lowend"]["student"]["macs"], mode)
     loop = measure_loop(built.models, built.datamodule, mode)
     results = checks(rows, built, floor, args.data)
     command = "python -m benchmarks.compare" + (f" --data {args.data}" if args.data else "")
     command += " --quick" if args.quick else ""
+    command += " --tier-overrides " + " ".join(args.tier_overrides) if args.tier_overrides else ""
     lines = table_lines(rows, built, loop, results, floor, command)
     folder = args.out or RESULTS
-    name = f"compare_{args.data}" if args.data else "compare"
+    name = override_name(f"compare_{args.data}" if args.data else "compare", args.tier_overrides)
     payload = {
         "mode": "quick" if args.quick else "full",
         "data": args.data,
+        "tier_overrides": args.tier_overrides,
         "rows": rows,
         "checks": results,
         "unshipped": built.unshipped,

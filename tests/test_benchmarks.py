@@ -194,3 +194,12 @@ def test_a_tier_that_ships_nothing_is_compared_by_the_variant_closest_to_shippin
         variant("int8", "int8", 0.93, ["accuracy"]),
     ]
     assert best_effort(variants)["name"] == "int8"
+
+
+def test_tier_overrides_name_their_own_tier_runs_and_results():
+    from benchmarks.compare import override_name
+
+    overrides = ["student=from_teacher", "callbacks.pruning.mode=budget"]
+    assert override_name("tiers", overrides) == "tiers_from_teacher_budget"
+    assert override_name("compare_fashion_mnist", []) == "compare_fashion_mnist"
+    assert override_name("tiers", ["model@model.student=mlp"]) == "tiers_mlp"
