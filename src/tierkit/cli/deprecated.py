@@ -1,8 +1,12 @@
-"""Config keys renamed in this release, still read with a warning until the next one."""
+"""Config keys renamed in this release, still read with a warning until the next one, and the sections older
+checkpoints lack."""
 
 import logging
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from tierkit.conf import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 
@@ -28,3 +32,11 @@ def apply_renamed_keys(cfg: DictConfig) -> None:
             log.warning("%s is deprecated and will be removed: it is %s now (%s)", old, new, meaning)
             node[new_name] = node[old_name]
             node[old_name] = None
+
+
+def checkpoint_student(saved: Any) -> DictConfig:
+    """A checkpoint's student section, with the keys added since it was written taken from its kind's option in
+    conf/student/. A checkpoint from before the student group was trained from scratch, the only kind there was."""
+    saved = saved if saved is not None else {"init": "scratch"}
+    option = OmegaConf.load(CONFIG_DIR / "student" / f"{saved['init']}.yaml").student
+    return OmegaConf.merge(option, saved)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 import tierkit.utils.resolvers  # noqa: F401  (registers the config resolvers)
 from tierkit.cli import import_from_working_folder
-from tierkit.cli.deprecated import apply_renamed_keys
+from tierkit.cli.deprecated import apply_renamed_keys, checkpoint_student
 from tierkit.conf import CONFIG_DIR
 from tierkit.conf.validate import validate_train_config
 from tierkit.errors import TierkitError
@@ -89,6 +89,7 @@ def resolve_resume(cfg: DictConfig) -> tuple[str | None, dict[str, Any], DictCon
         for section in MODEL_DEFINING_SECTIONS:
             if section in config:
                 cfg[section] = config[section]
+        cfg.student = checkpoint_student(config.get("student"))
         cfg.ckpt_path = str(path)
     log.info("Resuming from %s (data, model, distillation and tier settings taken from it)", path)
     return str(path), saved, cfg

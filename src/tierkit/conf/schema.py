@@ -204,6 +204,8 @@ class PathsSchema:
 @dataclass
 class StudentSchema:
     init: str = setting("scratch: model.student; from_teacher: the teacher pruned", choices=("scratch", "from_teacher"))
+    pruning_start_epoch: int = setting("default first pruning epoch for this kind of student", NOT_NEGATIVE)
+    pruning_end_epoch: int = setting("default last pruning epoch for this kind of student", NOT_NEGATIVE)
 
 
 @dataclass
