@@ -40,7 +40,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from benchmarks.baselines import modelpruning_copy, ort_default_int8, torch_pruning_copy, zero_fraction
-from benchmarks.common import RESULTS, describe, save_results, spread, train_with
+from benchmarks.common import RESULTS, SCRATCH_STUDENT, describe, save_results, spread, train_with
 from benchmarks.latency_floor import floor_ms, mac_rates
 from benchmarks.openvino_peers import (
     compiled_model,
@@ -300,7 +300,7 @@ def build_files(
     }
     lowend_epochs = int(base_config(scratch, [*overrides, "tier=lowend"]).trainer.max_epochs)
     files, notes = teacher_rows(teacher, datamodule, scratch, mode, lowend_epochs)
-    unpruned_fp32 = [*overrides, "~callbacks.pruning", "quantization=off"]
+    unpruned_fp32 = [*overrides, SCRATCH_STUDENT, "~callbacks.pruning", "quantization=off"]
     accuracies = {}
     for name, extra in (("student alone", ["distill.alpha=0"]), ("student + KD", [])):
         slug = name.replace(" ", "_").replace("+", "kd")
@@ -327,7 +327,7 @@ def build_files(
     stages["export: three tiers, profiled"] = (time.perf_counter() - began, "")
     for tier in TIERS:
         notes[f"tierkit {tier}"] = f"{tier_note[tier]}; {tier_metrics[tier]['student']['params']:,} parameters"
-    models = {"student": build_student(cfg), "teacher": teacher}
+    models = {"student": build_student(base_config(scratch, [*overrides, SCRATCH_STUDENT])), "teacher": teacher}
     return Built(files, notes, datamodule, models, tier_metrics, accuracies, stages, unshipped)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import lightning as L
 from hydra import compose, initialize_config_dir
 
-from benchmarks.common import describe, save_results
+from benchmarks.common import SCRATCH_STUDENT, describe, save_results
 from tierkit.cli.train import train
 from tierkit.conf import CONFIG_DIR
 from tierkit.stages.export import export
@@ -63,6 +63,7 @@ def run_dataset(name: str, tier: str, scratch: Path, extra: list[str]) -> dict:
         f"data={name}",
         f"model={MODELS[name]}",
         f"tier={tier}",
+        SCRATCH_STUDENT,
         f"paths.output_dir={scratch / name}",
         f"paths.cache_dir={scratch / 'cache'}",
         *extra,

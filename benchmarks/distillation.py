@@ -10,13 +10,22 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import describe, results_name, save_results, spread, tiers_and_seeds, train_with
+from benchmarks.common import (
+    SCRATCH_STUDENT,
+    describe,
+    results_name,
+    save_results,
+    spread,
+    tiers_and_seeds,
+    train_with,
+)
 from tierkit.utils.noise import silence_known_noise
 
 
 def run(tier: str, seed: int, kd: bool, out: Path, extra: list[str]) -> dict:
     # Pruning off: this measures what distillation alone does for each tier's student.
-    overrides = [f"tier={tier}", f"seed={seed}", "~callbacks.pruning", *([] if kd else ["experiment=no_kd"]), *extra]
+    kd_off = [] if kd else ["experiment=no_kd"]
+    overrides = [f"tier={tier}", f"seed={seed}", SCRATCH_STUDENT, "~callbacks.pruning", *kd_off, *extra]
     return train_with(overrides, out)
 
 

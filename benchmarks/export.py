@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import RESULTS, describe, save_results
+from benchmarks.common import RESULTS, SCRATCH_STUDENT, describe, save_results
 from benchmarks.common import run_command as run
 from tierkit.runtime import DeviceInfo, load_manifest, select_variant
 from tierkit.runtime.cpu import exact_on_target
@@ -59,7 +59,17 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="tierkit-bench-export-"))
     sweep = args.sweep or scratch / "multirun"
     if args.sweep is None:
-        run([sys.executable, "train.py", "-m", f"tier={TIERS}", f"hydra.sweep.dir={sweep}", "~callbacks.progress"])
+        run(
+            [
+                sys.executable,
+                "train.py",
+                "-m",
+                f"tier={TIERS}",
+                SCRATCH_STUDENT,
+                f"hydra.sweep.dir={sweep}",
+                "~callbacks.progress",
+            ]
+        )
     out = scratch / "export"
     run([sys.executable, "export.py", f"run={sweep}", f"output_dir={out}"])
     manifest = load_manifest(out / "manifest.json")

@@ -20,7 +20,7 @@ import onnx
 from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 
-from benchmarks.common import RESULTS, describe, save_results
+from benchmarks.common import RESULTS, SCRATCH_STUDENT, describe, save_results
 from benchmarks.common import run_command as run
 from tierkit.conf import CONFIG_DIR
 from tierkit.onnxio.verify import float_compute_ops
@@ -59,7 +59,16 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="tierkit-bench-finetune-"))
     source = args.run or scratch / "lowend"
     if args.run is None:
-        run([sys.executable, "train.py", "tier=lowend", f"hydra.run.dir={source}", "~callbacks.progress"])
+        run(
+            [
+                sys.executable,
+                "train.py",
+                "tier=lowend",
+                SCRATCH_STUDENT,
+                f"hydra.run.dir={source}",
+                "~callbacks.progress",
+            ]
+        )
     source_int8 = RunFolder(source).quantization / "int8_ptq.onnx"
     rows = []
     for label, override in VARIANTS.items():

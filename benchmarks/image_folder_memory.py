@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import describe, save_results
+from benchmarks.common import SCRATCH_STUDENT, describe, save_results
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 10
@@ -54,6 +54,7 @@ def peak_rss(folder: Path, side: int, lazy: bool, out: Path) -> tuple[float, flo
         f"data.lazy={str(lazy).lower()}",
         "data.num_workers=2",
         "experiment=no_kd",
+        SCRATCH_STUDENT,
         "quantization=off",
         "~callbacks.pruning",
         "~callbacks.progress",

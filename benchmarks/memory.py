@@ -20,7 +20,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from benchmarks.common import RESULTS, describe, run_command, save_results
+from benchmarks.common import RESULTS, SCRATCH_STUDENT, describe, run_command, save_results
 
 # "No growth": after warm-up RSS rises by less than this per epoch (under 100 MiB over 1,000 epochs) ...
 MAX_SLOPE_MIB_PER_EPOCH = 0.1
@@ -43,7 +43,7 @@ QUICK = [
 
 def train_recording(epochs: int, extra: list[str], scratch: Path) -> tuple[str, list[dict], float]:
     """Run train.py with the memory probe; returns the user's command, the per-epoch records and the wall time."""
-    overrides = ["tier=lowend", f"trainer.max_epochs={epochs}", "quantization=off", *extra]
+    overrides = ["tier=lowend", SCRATCH_STUDENT, f"trainer.max_epochs={epochs}", "quantization=off", *extra]
     log = scratch / "memory.jsonl"
     # train.py runs from the repository root, so benchmarks.memory_probe imports like any module there.
     probe = [

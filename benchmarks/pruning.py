@@ -16,7 +16,7 @@ import hydra
 import numpy as np
 
 from benchmarks.baselines import zero_fraction
-from benchmarks.common import describe, results_name, save_results, train_with
+from benchmarks.common import SCRATCH_STUDENT, describe, results_name, save_results, train_with
 from tierkit.models.checkpoint import load_student
 from tierkit.onnxio import export_onnx, onnx_accuracy
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
@@ -58,7 +58,7 @@ def main() -> None:
             for variant in VARIANTS:
                 out = Path(tmp) / f"{variant}-{seed}"
                 variant_overrides = overrides_for(variant, args.target, sparsity, args.end_epoch)
-                metrics = train_with([f"seed={seed}", *args.overrides, *variant_overrides], out)
+                metrics = train_with([f"seed={seed}", SCRATCH_STUDENT, *args.overrides, *variant_overrides], out)
                 # The last epoch, not the best: ModelPruning's best epoch may predate its pruning.
                 student, config = load_student(metrics["checkpoints"]["last"])
                 shape = tuple(config.data.input_shape)

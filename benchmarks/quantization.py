@@ -24,7 +24,7 @@ import hydra
 import numpy as np
 from hydra import compose, initialize_config_dir
 
-from benchmarks.common import describe, save_results, train_with
+from benchmarks.common import SCRATCH_STUDENT, describe, save_results, train_with
 from tierkit.conf import CONFIG_DIR
 from tierkit.onnxio import export_onnx, onnx_accuracy
 from tierkit.onnxio.verify import float_compute_ops
@@ -88,7 +88,7 @@ def main() -> None:
         scratch = Path(tmp)
         files, datamodule = teacher_files(scratch / "teacher")
         models = [("teacher", files, None)]
-        runs = [(f"{tier} student", [f"tier={tier}"]) for tier in TIERS]
+        runs = [(f"{tier} student", [f"tier={tier}", SCRATCH_STUDENT]) for tier in TIERS]
         runs.append(("forced QAT run", args.qat_run))
         for index, (name, overrides) in enumerate(runs):
             print(f"training {name}", flush=True)

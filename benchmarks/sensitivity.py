@@ -30,7 +30,7 @@ import hydra
 import numpy as np
 from hydra import compose, initialize_config_dir
 
-from benchmarks.common import RESULTS, describe, save_results, train_with
+from benchmarks.common import RESULTS, SCRATCH_STUDENT, describe, save_results, train_with
 from tierkit.conf import CONFIG_DIR
 from tierkit.onnxio import export_onnx, onnx_accuracy
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
@@ -46,6 +46,7 @@ CASE = [
     "data=mnist1d",
     "model=cnn1d",
     "experiment=no_kd",
+    SCRATCH_STUDENT,
     "~model.student.base_channels",
     "~model.student.width_multiplier_arg",
     "model.student._target_=benchmarks.own_models.SwiGLUMLP",
@@ -170,7 +171,7 @@ def default_reports(scratch: Path) -> list[dict]:
     reports = {"teacher": analyse_layers(fp32, datamodule, samples, 64, module=teacher)}
     for tier in ("highend", "midrange", "lowend"):
         run = scratch / tier
-        train_with([f"tier={tier}", "seed=1", "quantization.sensitivity.accuracy_effects=always"], run)
+        train_with([f"tier={tier}", SCRATCH_STUDENT, "seed=1", "quantization.sensitivity.accuracy_effects=always"], run)
         data = json.loads((RunFolder(run).quantization / "sensitivity.json").read_text())
         reports[f"{tier} student"] = SensitivityReport.from_dict(data)
     return [summary_row(name, report) for name, report in reports.items()]

@@ -24,6 +24,8 @@ CONFIG_DIR = REPO / "conf"
 # A fast recipe: tiny synthetic data, narrow models, no quantization stage (tests/test_qat.py covers it).
 FAST = [
     "data=synthetic",
+    # A tiny model.student of its own, trained from scratch: the derived default would be the teacher pruned.
+    "student=scratch",
     "model.teacher.base_channels=8",
     "model.student.base_channels=8",
     "~callbacks.progress",

@@ -53,9 +53,9 @@ CASES = [
         "distill.temperature=0 must be positive",
     ),
     Case(
-        "python train.py model.student._target_=tierkit.models.Nope",
+        "python train.py student=scratch model.student._target_=tierkit.models.Nope",
         "train.py",
-        ("model.student._target_=tierkit.models.Nope",),
+        ("student=scratch", "model.student._target_=tierkit.models.Nope"),
         "cannot import 'tierkit.models.Nope'",
     ),
     Case(
@@ -77,9 +77,9 @@ CASES = [
         "is not an INT8 model",
     ),
     Case(
-        "python train.py +model.student.width=-1",
+        "python train.py student=scratch +model.student.width=-1",
         "train.py",
-        ("+model.student.width=-1",),
+        ("student=scratch", "+model.student.width=-1"),
         "model.student.width=-1 must be positive, set by the command line",
     ),
     Case(
@@ -89,15 +89,21 @@ CASES = [
         "data.batch_size=0 must be at least 1, set by the command line",
     ),
     Case(
+        "python train.py tier.student_width=0.5",
+        "train.py",
+        ("tier.student_width=0.5",),
+        "tier.student_width is set on the command line, but the student is derived from the teacher",
+    ),
+    Case(
         "python train.py student=from_teacher ~callbacks.pruning",
         "train.py",
         ("student=from_teacher", "~callbacks.pruning"),
         "student=from_teacher shrinks a copy of the teacher by pruning, but callbacks.pruning is off",
     ),
     Case(
-        "python train.py +model.student.depth=3",
+        "python train.py student=scratch +model.student.depth=3",
         "train.py",
-        ("+model.student.depth=3",),
+        ("student=scratch", "+model.student.depth=3"),
         "SmallCNN takes no argument 'depth', set by the command line",
     ),
     Case(

@@ -8,7 +8,7 @@ from lightning import Callback, LightningDataModule, Trainer
 from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf, open_dict
 
-from tierkit.cli.deprecated import apply_renamed_keys
+from tierkit.cli.deprecated import apply_renamed_keys, checkpoint_student
 from tierkit.export.variants import tier_budgets
 from tierkit.models.build import build_model, build_student
 
@@ -36,7 +36,7 @@ def test_data_options_instantiate(tmp_path, option):
 @pytest.mark.parametrize("tier", options("tier"))
 def test_model_options_build_teacher_larger_than_student(tmp_path, option, tier):
     data = ["data=mnist1d"] if option == "cnn1d" else []  # the 1-D CNN takes sequences
-    cfg = compose_train(tmp_path, f"model={option}", f"tier={tier}", *data)
+    cfg = compose_train(tmp_path, f"model={option}", f"tier={tier}", "student=scratch", *data)
     shape, classes = cfg.data.input_shape, cfg.data.num_classes
     teacher = build_model(cfg.model.teacher, shape, classes, where="model.teacher")
     student = build_student(cfg)
@@ -172,6 +172,17 @@ def test_a_tier_saved_before_the_rename_gets_the_new_key(tmp_path):
     apply_renamed_keys(cfg)
     assert cfg.tier.budgets.max_drop_vs_teacher == 0.04 and cfg.quantization.max_drop_vs_fp32 == 0.04
     assert tier_budgets(cfg.tier) == {"max_drop_vs_teacher": 0.04, "max_size_kib": 256, "max_latency_ms": 0.3}
+
+
+def test_each_kind_of_student_brings_its_own_pruning_epochs_and_older_checkpoints_get_theirs(tmp_path):
+    derived, scratch = compose_train(tmp_path), compose_train(tmp_path, "student=scratch")
+    assert derived.student.init == "from_teacher", "the default student is the teacher pruned"
+    assert (derived.callbacks.pruning.start_epoch, derived.callbacks.pruning.end_epoch) == (0, 6)
+    assert (scratch.callbacks.pruning.start_epoch, scratch.callbacks.pruning.end_epoch) == (2, 8)
+    assert "pruning" not in compose_train(tmp_path, "callbacks=none").callbacks
+    # A checkpoint written before the student group has no student section: it was trained from scratch.
+    assert checkpoint_student(None) == scratch.student
+    assert checkpoint_student({"init": "from_teacher"}) == derived.student
 
 
 def test_one_optimizer_group_serves_student_teacher_qat_and_finetune(tmp_path):

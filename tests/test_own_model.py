@@ -61,7 +61,7 @@ def test_a_tier_width_never_replaces_a_models_own_width(caplog):
 def test_the_zoo_student_takes_the_tiers_width(tmp_path):
     widths = {}
     for tier in ("highend", "lowend"):
-        cfg = compose_train(tmp_path, "data=synthetic", f"tier={tier}")
+        cfg = compose_train(tmp_path, "data=synthetic", f"tier={tier}", "student=scratch")
         widths[tier] = sum(p.numel() for p in build_student(cfg).parameters())
     assert widths["lowend"] < widths["highend"]
 
@@ -186,6 +186,7 @@ def own_run(tmp_path_factory):
         "data=synthetic",
         "debug=tiny",
         "tier=lowend",
+        "student=scratch",
         "~callbacks.progress",
         "quantization=ptq",
         "quantization.calibration.samples=64",

@@ -15,6 +15,7 @@ SEARCH = [
     "hparams_search=pareto",
     "data=synthetic",
     "model.teacher.base_channels=8",
+    "student=scratch",
     "model.student.base_channels=8",
     "~callbacks.progress",
     "debug=tiny",

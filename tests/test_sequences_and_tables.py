@@ -14,6 +14,7 @@ from conftest import CONFIG_DIR, QUICK_PROFILE, compose_train
 
 RECIPE = [
     "debug=tiny",
+    "student=scratch",
     "~callbacks.progress",
     "trainer.max_epochs=2",
     "teacher.max_epochs=2",

@@ -25,17 +25,33 @@ from tierkit.errors import TierkitError
 UNSET = object()
 
 
+def _hydra_config():
+    """The running Hydra job's config, or None outside a Hydra run (a plain ``compose``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return HydraConfig.get()
+    except ValueError:
+        return None
+
+
+def command_line_keys() -> list[str]:
+    """The config paths the command line sets, in its order (a group override such as ``model@model.student=mlp``
+    counts as its package, ``model.student``); none outside a Hydra run."""
+    hydra_config = _hydra_config()
+    if hydra_config is None:
+        return []
+    keys = [o.lstrip("+~").split("=")[0] for o in hydra_config.overrides.task]
+    return [key.split("@", 1)[1] if "@" in key else key for key in keys]
+
+
 def source_of(path: str) -> str:
     """Where ``path``'s value was set: the command line, the YAML file of the group option chosen for its first
     section, or conf/train.yaml (outside a Hydra run: its config)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        hydra_config = HydraConfig.get()
-    except ValueError:
+    hydra_config = _hydra_config()
+    if hydra_config is None:
         return f"the {path.split('.')[0]} config"
-    keys = {o.lstrip("+~").split("=")[0] for o in hydra_config.overrides.task}
-    if any(path == key or path.startswith(f"{key}.") for key in keys):
+    if any(path == key or path.startswith(f"{key}.") for key in command_line_keys()):
         return "the command line"
     section = path.split(".")[0]
     choice = hydra_config.runtime.choices.get(section)
@@ -323,6 +339,26 @@ def _relation_problems(cfg: DictConfig) -> Iterator[TierkitError]:
     quantization = cfg.get("quantization")
     if quantization and quantization.get("enabled"):
         yield from qat_stage_problems(quantization)
+    if OmegaConf.select(cfg, "student.init") == "from_teacher":
+        yield from _unused_by_derived_student()
+
+
+# What a student derived from the teacher never reads: it is the teacher, sized by tier.size_vs_teacher.
+SCRATCH_ONLY = ("model.student", "tier.student_width", "tier.pruning_target")
+
+
+def _unused_by_derived_student() -> Iterator[TierkitError]:
+    """A command line that sizes or shapes model.student while the student is derived from the teacher would
+    silently change nothing."""
+    for key in command_line_keys():
+        if any(key == unused or key.startswith(f"{unused}.") for unused in SCRATCH_ONLY):
+            yield TierkitError(
+                f"{key} is set on the command line, but the student is derived from the teacher "
+                "(student=from_teacher, the default), which never reads it",
+                where=key,
+                fix="add student=scratch to train model.student at the tier's width, or size the derived student "
+                "with tier.size_vs_teacher",
+            )
 
 
 def qat_stage_problems(quantization: DictConfig) -> Iterator[TierkitError]:
