@@ -5,6 +5,7 @@ the channel ratio that the gradual pruning callback must reach to get there, for
 """
 
 import copy
+import logging
 
 import torch
 import torch_pruning as tp
@@ -12,6 +13,8 @@ from torch import nn
 
 from tierkit.errors import TierkitError
 from tierkit.prune.callback import StructuredPruning
+
+log = logging.getLogger(__name__)
 
 MEASURES = ("params", "macs")
 
@@ -32,7 +35,9 @@ def ratio_for_size(
 ) -> tuple[float, dict[str, int]]:
     """The smallest channel ratio at which ``pruning`` leaves at most ``fraction`` of ``model``'s ``measure``;
     returns it with the pruned size. Kept widths depend only on the ratio (not on which channels go), so a
-    bisection over pruned copies finds it."""
+    bisection over pruned copies finds it. A share out of reach (a small model whose layers cannot keep fewer than
+    ``round_to`` channels) gets the furthest pruning there is, with a warning: the tier's size budget still
+    decides at export whether the student ships."""
     if measure not in MEASURES:
         raise TierkitError(
             f"unknown size measure {measure!r}", where="tier.size_measure", fix=f"use one of {', '.join(MEASURES)}"
@@ -62,12 +67,17 @@ def ratio_for_size(
     low, high = 0.0, 0.99
     smallest = pruned_size(high)
     if smallest[measure] > goal:
-        raise TierkitError(
-            f"pruning keeps at least {smallest[measure]:,} {measure} of this model "
-            f"({smallest[measure] / goal * fraction:.3f} of the teacher), more than size_vs_teacher={fraction} allows",
-            where="tier.size_vs_teacher",
-            fix="raise tier.size_vs_teacher, or lower callbacks.pruning.round_to so layers can keep fewer channels",
+        log.warning(
+            "tier.size_vs_teacher=%s is out of reach: with channel counts in multiples of %d, pruning keeps at least "
+            "%s %s of this model (%.3f of the teacher); the student is pruned that far (lower "
+            "callbacks.pruning.round_to, or raise tier.size_vs_teacher, to match them)",
+            fraction,
+            pruning.round_to,
+            f"{smallest[measure]:,}",
+            measure,
+            smallest[measure] / goal * fraction,
         )
+        return high, smallest
     for _ in range(14):
         middle = (low + high) / 2
         if pruned_size(middle)[measure] <= goal:

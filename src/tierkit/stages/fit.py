@@ -17,7 +17,7 @@ from tierkit.errors import TierkitError
 from tierkit.models.build import build_student, derives_from_teacher
 from tierkit.models.checkpoint import load_student
 from tierkit.prune import StructuredPruning
-from tierkit.prune.sizing import ratio_for_size
+from tierkit.prune.sizing import model_size, ratio_for_size
 from tierkit.stages.trainer import FitCheckpoints, build_trainer, fit_checkpoints, recipe_module
 from tierkit.utils.instantiate import instantiate_callbacks
 
@@ -63,16 +63,15 @@ def student_from_teacher(
         )
     tier = cfg.tier
     example = torch.zeros(1, *datamodule.input_shape)
-    ratio, size = ratio_for_size(
-        pruning, teacher, example, datamodule.num_classes, tier.size_vs_teacher, tier.get("size_measure", "params")
-    )
+    measure = tier.get("size_measure", "params")
+    ratio, size = ratio_for_size(pruning, teacher, example, datamodule.num_classes, tier.size_vs_teacher, measure)
     pruning.retarget(ratio)
     with open_dict(cfg):
         cfg.model.student = cfg.model.teacher
     log.info(
         "Student: the teacher pruned to %.1f%% of its %s (%s params, %s MACs): %.0f%% of channels removed in %d steps",
-        100 * tier.size_vs_teacher,
-        tier.get("size_measure", "params"),
+        100 * size[measure] / model_size(teacher, example)[measure],
+        measure,
         f"{size['params']:,}",
         f"{size['macs']:,}",
         100 * ratio,
