@@ -343,8 +343,9 @@ def _relation_problems(cfg: DictConfig) -> Iterator[TierkitError]:
         yield from _unused_by_derived_student()
 
 
-# What a student derived from the teacher never reads: it is the teacher, sized by tier.size_vs_teacher.
-SCRATCH_ONLY = ("model.student", "tier.student_width", "tier.pruning_target")
+# What a student derived from the teacher never reads: it is the teacher, and tier.size_vs_teacher sets how far
+# pruning goes (the callback's target is replaced by the ratio that reaches that share).
+SCRATCH_ONLY = ("model.student", "tier.student_width", "tier.pruning_target", "callbacks.pruning.target")
 
 
 def _unused_by_derived_student() -> Iterator[TierkitError]:
