@@ -4,6 +4,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 from pathlib import Path
@@ -63,6 +64,12 @@ def results_name(base: str, overrides: list[str]) -> str:
     overwrite another's."""
     data = [o.split("=", 1)[1] for o in overrides if o.startswith("data=")]
     return base + (f"_{data[-1]}" if data else "")
+
+
+def override_name(base: str, overrides: list[str]) -> str:
+    """``base`` followed by each override's value (``student=from_teacher`` -> ``base_from_teacher``), so runs and
+    results made with other overrides never overwrite the default's."""
+    return "_".join([base, *(re.sub(r"\W+", "-", o.split("=", 1)[-1]) for o in overrides)])
 
 
 def train_with(overrides: list[str], output_dir: Path) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from benchmarks.baselines import modelpruning_copy, ort_default_int8, torch_pruning_copy, zero_fraction
-from benchmarks.common import RESULTS, SCRATCH_STUDENT, describe, save_results, spread, train_with
+from benchmarks.common import RESULTS, SCRATCH_STUDENT, describe, override_name, save_results, spread, train_with
 from benchmarks.latency_floor import floor_ms, mac_rates
 from benchmarks.openvino_peers import (
     compiled_model,
@@ -142,11 +142,6 @@ QUICK = Mode(
     (1,),
     5,
 )
-
-
-def override_name(base: str, overrides: list[str]) -> str:
-    """``base`` followed by each override's value (``student=from_teacher`` -> ``base_from_teacher``)."""
-    return "_".join([base, *(o.split("=", 1)[-1].replace("/", "-") for o in overrides)])
 
 
 def base_config(scratch: Path, overrides: list[str]):

@@ -12,14 +12,13 @@ overrides, first_job_<the overrides' values>.{json,md} (`callbacks.pruning.mode=
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import describe, save_results
+from benchmarks.common import describe, override_name, save_results
 from tierkit.runtime import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,8 +93,7 @@ def main() -> None:
             f"{r['train_seconds']} / {r['export_seconds']} |"
         )
     lines += ["", f"Export shipped a model for the tier in {shipped} of {len(rows)} runs."]
-    name = "_".join(["first_job", *(re.sub(r"\W+", "-", o.split("=", 1)[-1]) for o in args.overrides)])
-    save_results(name, {"command": command, "rows": rows}, lines)
+    save_results(override_name("first_job", args.overrides), {"command": command, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

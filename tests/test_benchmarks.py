@@ -197,7 +197,7 @@ def test_a_tier_that_ships_nothing_is_compared_by_the_variant_closest_to_shippin
 
 
 def test_tier_overrides_name_their_own_tier_runs_and_results():
-    from benchmarks.compare import override_name
+    from benchmarks.common import override_name
 
     overrides = ["student=from_teacher", "callbacks.pruning.mode=budget"]
     assert override_name("tiers", overrides) == "tiers_from_teacher_budget"
