@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ from hydra import compose, initialize_config_dir
 
 from tierkit.cli.train import train
 from tierkit.conf import CONFIG_DIR
+from tierkit.run_folder import RunFolder
 
 # The student the component benchmarks measure: model.student trained from scratch, the recipe their results in
 # benchmarks/results were measured with before student=from_teacher became the default. Pinned, so that every
@@ -77,6 +79,17 @@ def train_with(overrides: list[str], output_dir: Path) -> dict[str, Any]:
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"paths.output_dir={output_dir}", "~callbacks.progress", *overrides])
     return train(cfg)
+
+
+def finished_or_train(overrides: list[str], out: Path) -> dict:
+    """metrics.json of the run in ``out`` when an earlier, stopped benchmark finished it there; else train it (a
+    run stopped half-way is started again from scratch)."""
+    finished = RunFolder(out).read_metrics() if out.is_dir() else None
+    if finished is not None:
+        print(f"  reusing the finished run in {out}", flush=True)
+        return finished.to_dict()
+    shutil.rmtree(out, ignore_errors=True)
+    return train_with(overrides, out)
 
 
 def run_command(command: list[str]) -> None:

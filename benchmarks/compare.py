@@ -40,7 +40,16 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from benchmarks.baselines import modelpruning_copy, ort_default_int8, torch_pruning_copy, zero_fraction
-from benchmarks.common import RESULTS, SCRATCH_STUDENT, describe, override_name, save_results, spread, train_with
+from benchmarks.common import (
+    RESULTS,
+    SCRATCH_STUDENT,
+    describe,
+    finished_or_train,
+    override_name,
+    save_results,
+    spread,
+)
+from benchmarks.distill_settings import DISTILLATION_GAIN_POINTS
 from benchmarks.latency_floor import floor_ms, mac_rates
 from benchmarks.openvino_peers import (
     compiled_model,
@@ -94,7 +103,6 @@ NNCF_MAX_DROP = 0.01
 DATASET_TARGETS = {
     "fashion_mnist": {"teacher_acc": 0.935, "lowend_acc": 0.925, "lowend_params": 20_000, "smaller": 20, "faster": 8}
 }
-DISTILLATION_GAIN_POINTS = 0.5
 FLOOR_MULTIPLE = 3.0
 
 
@@ -147,17 +155,6 @@ QUICK = Mode(
 def base_config(scratch: Path, overrides: list[str]):
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return compose("train", overrides=[f"paths.output_dir={scratch / 'base'}", *overrides])
-
-
-def finished_or_train(overrides: list[str], out: Path) -> dict:
-    """metrics.json of the run in ``out`` when an earlier, stopped benchmark finished it there; else train it (a
-    run stopped half-way is started again from scratch)."""
-    finished = RunFolder(out).read_metrics() if out.is_dir() else None
-    if finished is not None:
-        print(f"  reusing the finished run in {out}", flush=True)
-        return finished.to_dict()
-    shutil.rmtree(out, ignore_errors=True)
-    return train_with(overrides, out)
 
 
 def student_file(metrics: dict, out: Path, shape: tuple[int, ...]) -> Path:

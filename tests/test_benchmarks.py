@@ -159,7 +159,7 @@ def test_derived_student_benchmark_counts_epochs_to_a_target():
 
 
 def test_a_stopped_compare_reuses_finished_runs_and_retrains_unfinished_ones(tmp_path, monkeypatch):
-    from benchmarks import compare
+    from benchmarks import common
     from tierkit.run_folder import ModelSummary, RunFolder, RunMetrics
 
     finished, stopped = tmp_path / "finished", tmp_path / "stopped"
@@ -168,9 +168,9 @@ def test_a_stopped_compare_reuses_finished_runs_and_retrains_unfinished_ones(tmp
     (stopped / "checkpoints").mkdir(parents=True)
     (stopped / "checkpoints" / "last.ckpt").write_bytes(b"half an epoch")
     trained = []
-    monkeypatch.setattr(compare, "train_with", lambda overrides, out: trained.append(out) or {"trained": True})
-    assert compare.finished_or_train(["seed=1"], finished)["student"]["test_acc"] == 0.9
-    assert compare.finished_or_train(["seed=1"], stopped) == {"trained": True}
+    monkeypatch.setattr(common, "train_with", lambda overrides, out: trained.append(out) or {"trained": True})
+    assert common.finished_or_train(["seed=1"], finished)["student"]["test_acc"] == 0.9
+    assert common.finished_or_train(["seed=1"], stopped) == {"trained": True}
     assert trained == [stopped] and not (stopped / "checkpoints").exists()
 
 
@@ -203,3 +203,39 @@ def test_tier_overrides_name_their_own_tier_runs_and_results():
     assert override_name("tiers", overrides) == "tiers_from_teacher_budget"
     assert override_name("compare_fashion_mnist", []) == "compare_fashion_mnist"
     assert override_name("tiers", ["model@model.student=mlp"]) == "tiers_mlp"
+
+
+def test_distillation_settings_are_chosen_on_validation_and_only_the_choice_meets_the_test_split(monkeypatch):
+    from benchmarks import distill_settings
+
+    # Validation prefers T=8; the test split would prefer T=2. The choice must follow validation.
+    validation = {"alone": 0.90, "t2_a0.5": 0.91, "t8_a0.5": 0.93}
+    test = {"alone": 0.89, "t2_a0.5": 0.95, "t8_a0.5": 0.90}
+    trained = []
+
+    def fake_run(overrides, out):
+        slug, seed = out.name.rsplit("_", 1)
+        trained.append((slug, int(seed)))
+        student = {"val_acc_best": validation[slug], "test_acc": test[slug] + int(seed) / 1000}
+        student |= {"architecture": "SmallCNN", "params": 41_110}
+        return {"student": student, "teacher": {"test_acc": 0.93}, "tier": "midrange"}
+
+    monkeypatch.setattr(distill_settings, "finished_or_train", fake_run)
+    args = distill_settings.argparse.Namespace(temperatures=[2.0, 8.0], alphas=[0.5], seeds=[1, 2], overrides=[])
+    result = distill_settings.measure(args, distill_settings.Path("work"))
+    assert result["chosen"] == "T=8, alpha=0.5"
+    assert sorted(trained) == [("alone", 1), ("alone", 2), ("t2_a0.5", 1), ("t8_a0.5", 1), ("t8_a0.5", 2)]
+    assert result["gains"] == pytest.approx([0.01, 0.01])
+    lines = distill_settings.table(args, result)
+    assert "| T=8, alpha=0.5 (chosen) | 93.00 |" in lines
+    assert lines[-1].startswith("Distillation gain on test: +1.00 points") and lines[-1].endswith("PASS.")
+
+
+def test_distillation_settings_refuse_alpha_zero_in_the_grid(monkeypatch, capsys):
+    from benchmarks import distill_settings
+
+    monkeypatch.setattr(sys, "argv", ["distill_settings", "--alphas", "0", "0.5"])
+    with pytest.raises(SystemExit) as stopped:
+        distill_settings.parse_args()
+    assert stopped.value.code == 2
+    assert "alpha 0 is the student alone" in capsys.readouterr().err
