@@ -257,7 +257,7 @@ def test_the_record_says_how_much_rounding_left_of_an_extreme_target():
     assert pruning.history[-1]["ratio"] == 0.99 and 0.3 < removed < 0.9
 
 
-def _budget_run(gaps, start_epoch=1, end_epoch=3, steps=3, epochs=5, patience=0):
+def _budget_run(gaps, start_epoch=1, end_epoch=3, steps=3, epochs=5, patience=0, retries=0):
     student = SmallCNN(SHAPE, 4, width=0.5)
     pruning = StructuredPruning(
         target=0.6,
@@ -269,6 +269,7 @@ def _budget_run(gaps, start_epoch=1, end_epoch=3, steps=3, epochs=5, patience=0)
         mode="budget",
         max_drop=0.02,
         patience=patience,
+        retries=retries,
     )
     _trainer(epochs, [pruning, TeacherAhead(gaps)], enable_checkpointing=False, num_sanity_val_steps=0).fit(
         _module(student), datamodule=_data()
@@ -316,6 +317,41 @@ def test_budget_pruning_rolls_back_once_patience_runs_out():
     _, pruning = _budget_run({2: 0.05, 3: 0.05}, patience=1)
     assert pruning.steps_done == 2 and "after 1 epoch(s) of patience" in pruning.stopped
     assert [record["event"] for record in pruning.history] == ["pruned", "pruned", "rolled back"]
+
+
+def test_budget_pruning_retries_halfway_after_a_rollback_and_keeps_the_furthest_share_that_held():
+    # Steps of 20/40/60% at epochs 1-3; 40% breaks the budget (epoch 2). Rolled back to 20% at epoch 3, then 30%
+    # is tried at once and holds, then 35% (halfway to 40%) holds too: two retries, and pruning ends at 35%.
+    student, pruning = _budget_run({2: 0.05}, epochs=7, retries=2)
+    assert [(r["event"], round(r["ratio"], 3)) for r in pruning.history] == [
+        ("pruned", 0.2),
+        ("pruned", 0.4),
+        ("rolled back", 0.2),
+        ("pruned", 0.3),
+        ("pruned", 0.35),
+    ]
+    assert [r["epoch"] for r in pruning.history] == [1, 2, 3, 3, 4]
+    assert pruning.stopped.startswith("stopped at 35%, which held the budget on validation where 40% had not")
+    assert "(2 retries halfway back after a rollback)" in pruning.stopped
+    assert describe_structure(student)["features.0.0"]["out_channels"] == pruning.history[-1]["kept"]["features.0.0"]
+
+
+def test_budget_pruning_bisects_back_when_a_retry_breaks_the_budget_too():
+    student, pruning = _budget_run({2: 0.05, 3: 0.05}, epochs=7, retries=2)  # 40% and then 30% break it
+    assert [(r["event"], round(r["ratio"], 3)) for r in pruning.history][2:] == [
+        ("rolled back", 0.2),
+        ("pruned", 0.3),
+        ("rolled back", 0.2),
+        ("pruned", 0.25),
+    ]
+    assert pruning.stopped.startswith("stopped at 25%, which held the budget on validation where 30% had not")
+    assert describe_structure(student)["features.0.0"]["out_channels"] == pruning.history[-1]["kept"]["features.0.0"]
+
+
+def test_budget_pruning_retries_only_while_the_run_has_room_for_the_step_and_its_check():
+    _, pruning = _budget_run({2: 0.05}, epochs=5, retries=2)  # 30% at epoch 3 holds; no room for 35% after it
+    assert [round(r["ratio"], 3) for r in pruning.history] == [0.2, 0.4, 0.2, 0.3]
+    assert pruning.stopped.startswith("stopped at 30%") and "(1 retry halfway back" in pruning.stopped
 
 
 def test_budget_pruning_that_stays_within_budget_runs_the_whole_schedule():

@@ -315,6 +315,7 @@ TARGET_RULES: dict[str, Rule] = {
     "callbacks.pruning.max_drop": Rule("budget mode's accuracy budget against the teacher", POSITIVE, nullable=True),
     "callbacks.pruning.margin": Rule("budget mode stops this far inside the budget", NOT_NEGATIVE),
     "callbacks.pruning.patience": Rule("epochs budget mode waits for recovery", NOT_NEGATIVE, kind=int),
+    "callbacks.pruning.retries": Rule("extra steps budget mode bisects with after a rollback", NOT_NEGATIVE, kind=int),
     "*qat*.start_epoch": Rule("epoch weights start being quantized", EPOCH, kind=int),
     "*qat*.activations_epoch": Rule("epoch activations start being quantized", EPOCH, kind=int),
     "*qat*.freeze_epoch": Rule("epoch activation ranges and batch-norm statistics freeze", EPOCH, kind=int),

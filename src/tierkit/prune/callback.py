@@ -78,6 +78,7 @@ class StructuredPruning(Callback):
         max_drop: float | None = None,
         margin: float = 0.0025,
         patience: int = 3,
+        retries: int = 2,
     ):
         super().__init__()
         if mode not in MODES:
@@ -89,6 +90,12 @@ class StructuredPruning(Callback):
                 f"budget pruning needs an accuracy budget above its margin; got max_drop={max_drop}, margin={margin}",
                 where="callbacks.pruning.max_drop (by default tier.budgets.max_drop_vs_teacher)",
                 fix="give the largest validation drop against the teacher as a positive fraction, e.g. 0.01",
+            )
+        if retries < 0:
+            raise TierkitError(
+                f"pruning retries={retries} is negative",
+                where="callbacks.pruning.retries",
+                fix="give how many extra steps budget pruning may try after a rollback, e.g. 2 (0: none)",
             )
         if not 0 < target < 1:
             raise TierkitError(
@@ -124,6 +131,10 @@ class StructuredPruning(Callback):
         # Budget mode: the student before the latest step (to roll back to), epochs waited for recovery, whether
         # the last step has been judged, and why the schedule stopped early.
         self.snapshot: dict[str, Any] | None = None
+        # Budget mode after a rollback: the smallest share known to break the budget, and the extra steps taken
+        # halfway between it and the largest share that held.
+        self.retries, self.retried = retries, 0
+        self.too_far: float | None = None
         self.waited = 0
         self.checked_last = False
         self.stopped: str | None = None
@@ -226,6 +237,8 @@ class StructuredPruning(Callback):
         """Budget mode: the epoch at whose start the last step's result is judged, one step's spacing after it."""
         if not self.epochs:
             return None
+        if self.retried:
+            return self.epochs[-1] + 1
         gap = self.epochs[-1] - self.epochs[-2] if len(self.epochs) > 1 else 1
         return self.epochs[-1] + max(1, gap)
 
@@ -233,8 +246,9 @@ class StructuredPruning(Callback):
         """Budget mode, when a step (or the check after the last one) is due: may pruning go on?
 
         A pruned student past the budget gets up to ``patience`` more epochs of recovery (the step waits); after
-        that the latest step is rolled back and pruning stops. An unpruned student past it moves the schedule
-        later instead (``postpone``). Before the first validation there is nothing to judge, and pruning goes on.
+        that the latest step is rolled back and, while ``retries`` are left, a step halfway back is tried at once
+        (``try_between``: True); otherwise pruning stops. An unpruned student past it moves the schedule later
+        instead (``postpone``). Before the first validation there is nothing to judge, and pruning goes on.
         """
         metrics = trainer.callback_metrics
         if "val/teacher_acc" not in metrics or "val/acc" not in metrics:
@@ -257,16 +271,58 @@ class StructuredPruning(Callback):
                 self.patience,
             )
             return False
-        reached = self.ratios[self.steps_done - 2] if self.steps_done >= 2 else 0.0
+        kept_steps = self.steps_done - 1
+        reached = self.ratios[kept_steps - 1] if kept_steps else 0.0
         judged = f"{100 * drop:.2f} points under the teacher on validation after {self.patience} epoch(s) of patience"
-        pruned = 100 * self.ratios[self.steps_done - 1]
-        self.stopped = (
-            f"after pruning {pruned:.0f}% the student was {judged} {self._allowed()}: rolled back to "
-            f"{100 * reached:.0f}% and stopped"
-        )
+        self.too_far = self.ratios[kept_steps]
+        broke = f"after pruning {100 * self.too_far:.0f}% the student was {judged} {self._allowed()}"
         self.restore(trainer, pl_module, reached)
+        if self.try_between(trainer, kept_steps, broke):
+            return True
+        self.stopped = f"{broke}: rolled back to {100 * reached:.0f}% and stopped{self._searched()}"
         log.warning("Budget pruning: %s", self.stopped)
         return False
+
+    def try_between(self, trainer: L.Trainer, kept_steps: int, why: str) -> bool:
+        """Budget mode: plan one more step, due now, halfway from the share the first ``kept_steps`` steps reached
+        to the smallest share that broke the budget.
+
+        The schedule's steps are coarse (a cubic schedule's first step can remove a third of the channels), so a
+        rollback alone can leave far more of the model than the budget needs. Bisecting the gap finds a smaller
+        student that still holds. Not tried when no retries are left, when the halfway share keeps the same
+        channels after rounding, or when the run has no room left for the step, its check and its patience.
+        """
+        reached = self.ratios[kept_steps - 1] if kept_steps else 0.0
+        if self.too_far is None or self.retried >= self.retries:
+            return False
+        middle = (reached + self.too_far) / 2
+        widths = self.original_widths.values()
+        if all(self.kept_width(w, middle) == self.kept_width(w, reached) for w in widths):
+            return False
+        epoch = trainer.current_epoch
+        if trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch + 2 + self.patience > trainer.max_epochs:
+            return False
+        self.retried += 1
+        self.ratios = [*self.ratios[:kept_steps], middle]
+        self.epochs = [*self.epochs[:kept_steps], epoch]
+        self.steps_done, self.waited = kept_steps, 0
+        log.warning(
+            "Budget pruning: %s; trying %.0f%% now, halfway from %.0f%% (retry %d/%d)",
+            why,
+            100 * middle,
+            100 * reached,
+            self.retried,
+            self.retries,
+        )
+        return True
+
+    def _searched(self) -> str:
+        if not self.retried:
+            return ""
+        return f" ({self.retried} retr{'y' if self.retried == 1 else 'ies'} halfway back after a rollback)"
+
+    def _held(self) -> str:
+        return f"{100 * self.ratios[-1]:.0f}% held the budget on validation"
 
     def _allowed(self) -> str:
         return f"(budget {100 * self.max_drop:.2f}, margin {100 * self.margin:.2f})"
@@ -313,19 +369,31 @@ class StructuredPruning(Callback):
         _, example = self._student_and_example(trainer, pl_module)
         self._log_step(trainer, pl_module, student, example, ratio, event="rolled back")
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.stopped is not None:
-            return
+    def step_due(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        """Whether a pruning step runs at the start of this epoch. Budget mode judges the student first: before each
+        step, and one step's spacing after the last one (then a held step may lead to one more, ``try_between``)."""
         epoch = trainer.current_epoch
-        if self.steps_done == len(self.ratios):
-            if self.mode == "budget" and not self.checked_last and self.epochs and epoch >= self.check_epoch():
-                self.checked_last = self.within_budget(trainer, pl_module)
-            return
-        if epoch < self.epochs[self.steps_done]:
+        if self.steps_done < len(self.ratios):
+            if epoch < self.epochs[self.steps_done]:
+                return False
+            return self.mode != "budget" or self.within_budget(trainer, pl_module)
+        if not (self.mode == "budget" and not self.checked_last and self.epochs and epoch >= self.check_epoch()):
+            return False
+        held = self.within_budget(trainer, pl_module)
+        if held and self.steps_done == len(self.ratios):
+            self.checked_last = not self.try_between(trainer, self.steps_done, self._held())
+            if self.checked_last and self.too_far is not None:
+                self.stopped = (
+                    f"stopped at {100 * self.ratios[-1]:.0f}%, which held the budget on validation where "
+                    f"{100 * self.too_far:.0f}% had not{self._searched()}"
+                )
+                log.warning("Budget pruning: %s", self.stopped)
+        return self.steps_done < len(self.ratios)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stopped is not None or not self.step_due(trainer, pl_module):
             return
         if self.mode == "budget":
-            if not self.within_budget(trainer, pl_module):
-                return
             self.snapshot = {
                 "structure": describe_structure(pl_module.student),
                 "state": {k: v.detach().clone() for k, v in pl_module.student.state_dict().items()},
@@ -472,6 +540,8 @@ class StructuredPruning(Callback):
             "waited": self.waited,
             "checked_last": self.checked_last,
             "stopped": self.stopped,
+            "retried": self.retried,
+            "too_far": self.too_far,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -491,3 +561,4 @@ class StructuredPruning(Callback):
         self.original_widths = state_dict.get("original_widths", self.original_widths)
         self.snapshot, self.stopped = state_dict.get("snapshot"), state_dict.get("stopped")
         self.waited, self.checked_last = state_dict.get("waited", 0), state_dict.get("checked_last", False)
+        self.retried, self.too_far = state_dict.get("retried", 0), state_dict.get("too_far")
