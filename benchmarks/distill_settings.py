@@ -93,7 +93,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
         ]
         for setting in (ALONE, best)
     }
-    teacher, student = runs[ALONE]["teacher"], runs[ALONE]["student"]
+    # The student alone trains without a teacher, so only a distilled run records the teacher.
+    teacher, student = runs[best]["teacher"], runs[ALONE]["student"]
     return {
         "validation": {s.label: v for s, v in validation.items()},
         "chosen": best.label,
