@@ -272,7 +272,7 @@ class StructuredPruning(Callback):
             )
             return False
         kept_steps = self.steps_done - 1
-        reached = self.ratios[kept_steps - 1] if kept_steps else 0.0
+        reached = self.share_after(kept_steps)
         judged = f"{100 * drop:.2f} points under the teacher on validation after {self.patience} epoch(s) of patience"
         self.too_far = self.ratios[kept_steps]
         broke = f"after pruning {100 * self.too_far:.0f}% the student was {judged} {self._allowed()}"
@@ -283,6 +283,10 @@ class StructuredPruning(Callback):
         log.warning("Budget pruning: %s", self.stopped)
         return False
 
+    def share_after(self, steps: int) -> float:
+        """The share of channels the first ``steps`` steps of the schedule prune (0 before any)."""
+        return self.ratios[steps - 1] if steps else 0.0
+
     def try_between(self, trainer: L.Trainer, kept_steps: int, why: str) -> bool:
         """Budget mode: plan one more step, due now, halfway from the share the first ``kept_steps`` steps reached
         to the smallest share that broke the budget.
@@ -292,7 +296,7 @@ class StructuredPruning(Callback):
         student that still holds. Not tried when no retries are left, when the halfway share keeps the same
         channels after rounding, or when the run has no room left for the step, its check and its patience.
         """
-        reached = self.ratios[kept_steps - 1] if kept_steps else 0.0
+        reached = self.share_after(kept_steps)
         if self.too_far is None or self.retried >= self.retries:
             return False
         middle = (reached + self.too_far) / 2
