@@ -1,5 +1,6 @@
 import functools
 import logging
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 from scripted_gap import TeacherAhead
+from torch import nn
 
 from tierkit.data import SyntheticDataModule
 from tierkit.distill import DistillationModule
@@ -363,3 +365,24 @@ def test_budget_pruning_that_stays_within_budget_runs_the_whole_schedule():
 def test_budget_pruning_needs_a_positive_budget_and_a_known_mode(max_drop, mode):
     with pytest.raises(TierkitError, match=r"callbacks\.pruning"):
         StructuredPruning(target=0.5, mode=mode, max_drop=max_drop)
+
+
+def _halfway_retry_planned(body_width: int) -> bool:
+    """Whether a rollback from 68% to 45% plans a retry at 56.5%, for a convolution of ``body_width`` channels
+    before a 10-class head."""
+    student = nn.Sequential(nn.Conv2d(1, body_width, 3), nn.Flatten(), nn.LazyLinear(10))
+    student(torch.zeros(1, *SHAPE))
+    pruning = StructuredPruning(
+        target=0.68, start_epoch=1, end_epoch=2, steps=2, round_to=None, mode="budget", max_drop=0.02
+    )
+    pruning._remember_widths(student)
+    pruning.ratios, pruning.epochs, pruning.too_far = [0.45, 0.68], [1, 2], 0.68
+    trainer = SimpleNamespace(current_epoch=3, max_epochs=20)
+    pl_module = SimpleNamespace(student=student, num_classes=10)
+    return pruning.try_between(trainer, pl_module, kept_steps=1, why="68% broke the budget")
+
+
+def test_a_retry_is_planned_only_when_it_changes_a_layer_pruning_may_narrow():
+    # Two channels keep one at 45% and at 56.5%: only the protected head's width would differ, so no retry.
+    assert not _halfway_retry_planned(body_width=2)
+    assert _halfway_retry_planned(body_width=20)  # 11 channels at 45%, 9 at 56.5%

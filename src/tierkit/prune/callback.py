@@ -277,7 +277,7 @@ class StructuredPruning(Callback):
         self.too_far = self.ratios[kept_steps]
         broke = f"after pruning {100 * self.too_far:.0f}% the student was {judged} {self._allowed()}"
         self.restore(trainer, pl_module, reached)
-        if self.try_between(trainer, kept_steps, broke):
+        if self.try_between(trainer, pl_module, kept_steps, broke):
             return True
         self.stopped = f"{broke}: rolled back to {100 * reached:.0f}% and stopped{self._searched()}"
         log.warning("Budget pruning: %s", self.stopped)
@@ -287,7 +287,7 @@ class StructuredPruning(Callback):
         """The share of channels the first ``steps`` steps of the schedule prune (0 before any)."""
         return self.ratios[steps - 1] if steps else 0.0
 
-    def try_between(self, trainer: L.Trainer, kept_steps: int, why: str) -> bool:
+    def try_between(self, trainer: L.Trainer, pl_module: L.LightningModule, kept_steps: int, why: str) -> bool:
         """Budget mode: plan one more step, due now, halfway from the share the first ``kept_steps`` steps reached
         to the smallest share that broke the budget.
 
@@ -300,7 +300,8 @@ class StructuredPruning(Callback):
         if self.too_far is None or self.retried >= self.retries:
             return False
         middle = (reached + self.too_far) / 2
-        widths = self.original_widths.values()
+        pruned = self.pruned_layer_names(pl_module.student, pl_module.num_classes)
+        widths = [self.original_widths.get(name, 0) for name in pruned]
         if all(self.kept_width(w, middle) == self.kept_width(w, reached) for w in widths):
             return False
         epoch = trainer.current_epoch
@@ -385,7 +386,7 @@ class StructuredPruning(Callback):
             return False
         held = self.within_budget(trainer, pl_module)
         if held and self.steps_done == len(self.ratios):
-            self.checked_last = not self.try_between(trainer, self.steps_done, self._held())
+            self.checked_last = not self.try_between(trainer, pl_module, self.steps_done, self._held())
             if self.checked_last and self.too_far is not None:
                 self.stopped = (
                     f"stopped at {100 * self.ratios[-1]:.0f}%, which held the budget on validation where "
@@ -445,11 +446,15 @@ class StructuredPruning(Callback):
 
     def removed_fraction(self, student: nn.Module, num_classes: int) -> float:
         """The share of the pruned layers' original channels that is gone: what rounding left of the goal."""
-        protected = {id(m) for m in self.protected_layers(student, num_classes)}
-        names = {n for n, m in student.named_modules() if isinstance(m, PRUNABLE) and id(m) not in protected}
+        names = self.pruned_layer_names(student, num_classes)
         original = sum(self.original_widths.get(name, 0) for name in names)
         now = sum(output_width(m) for n, m in student.named_modules() if n in names)
         return 1 - now / original if original else 0.0
+
+    def pruned_layer_names(self, student: nn.Module, num_classes: int) -> set[str]:
+        """The prunable layers whose channels pruning may remove: all but the classifier head and ``ignore``."""
+        protected = {id(m) for m in self.protected_layers(student, num_classes)}
+        return {n for n, m in student.named_modules() if isinstance(m, PRUNABLE) and id(m) not in protected}
 
     def _remember_widths(self, student: nn.Module) -> None:
         if not self.original_widths:
