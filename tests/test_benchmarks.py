@@ -240,3 +240,23 @@ def test_distillation_settings_refuse_alpha_zero_in_the_grid(monkeypatch, capsys
         distill_settings.parse_args()
     assert stopped.value.code == 2
     assert "alpha 0 is the student alone" in capsys.readouterr().err
+
+
+def test_teacher_epochs_are_chosen_on_validation_and_only_the_choice_is_read_on_test(monkeypatch):
+    from benchmarks import teacher_recipe
+
+    # 30 epochs wins on validation, 15 would win on test; 45 ties 30 on validation and trains longer.
+    scores = {15: (0.930, 0.940), 30: (0.936, 0.934), 45: (0.936, 0.950)}
+
+    def fake_teacher(epochs, work, extra):
+        val, test = scores[epochs]
+        return {"epochs": epochs, "val_acc": val, "test_acc": test, "train_seconds": 60.0 * epochs}
+
+    monkeypatch.setattr(teacher_recipe, "teacher_after", fake_teacher)
+    args = teacher_recipe.argparse.Namespace(epochs=[15, 45, 30], overrides=["data=fashion_mnist"])
+    result = teacher_recipe.measure(args, teacher_recipe.Path("work"))
+    assert result["chosen_epochs"] == 30 and result["chosen_test_acc"] == 0.934
+    lines = teacher_recipe.table(args, result)
+    assert "| 30 (chosen) | 93.60 | 1,800 |" in lines
+    assert not any("94.00" in line or "95.00" in line for line in lines)  # no other teacher's test accuracy
+    assert lines[-1] == "Target: the teacher >= 93.5% on test: MISS."
