@@ -80,3 +80,26 @@ def test_export_ships_the_files_training_judged(trained, exported):
     assert variants[other_key]["made_by"] == "export"
     assert "reduce_range" in variants[other_key]["remade_because"]
     assert torch.load(root / "run" / "checkpoints" / "best.ckpt", weights_only=True)["tierkit"]["int8_path"] == "ptq"
+
+
+def test_testing_the_best_checkpoint_leaves_every_callback_in_the_state_the_fit_ended_with(tmp_path):
+    from scripted_gap import FallingAccuracy
+
+    from tierkit.stages.fit import fit_student
+    from tierkit.utils.instantiate import instantiate
+
+    cfg = compose_train(
+        tmp_path,
+        *FAST,
+        "debug=tiny",
+        "trainer.max_epochs=3",
+        "distill.alpha=0",
+        "~callbacks.pruning",
+        "+callbacks.falling._target_=scripted_gap.FallingAccuracy",
+    )
+    datamodule = instantiate(cfg.data, where="data")
+    datamodule.setup()
+    trainer, _, checkpoints, _ = fit_student(cfg, datamodule, None, [], ckpt_path=None)
+    assert torch.load(checkpoints.best, weights_only=False)["epoch"] == 0  # the best checkpoint is the first epoch's
+    falling = next(c for c in trainer.callbacks if isinstance(c, FallingAccuracy))
+    assert falling.epochs_seen == 3

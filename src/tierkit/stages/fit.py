@@ -43,8 +43,9 @@ def fit_student(
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     checkpoints = fit_checkpoints(trainer)
     # Testing the best checkpoint loads the callbacks' state saved with it, which can predate the fit's end (budget
-    # pruning may conclude after the best epoch); the run's record is the state the fit ended with.
-    ended = [(c, c.state_dict()) for c in trainer.callbacks if isinstance(c, StructuredPruning)]
+    # pruning may conclude after the best epoch, early stopping counts on); the run's record is the state the fit
+    # ended with.
+    ended = [(c, state) for c in trainer.callbacks if (state := c.state_dict())]
     test = trainer.test(module, datamodule=datamodule, ckpt_path=checkpoints.best or None, verbose=False)[0]
     for callback, state in ended:
         callback.load_state_dict(state)
