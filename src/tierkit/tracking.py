@@ -7,9 +7,7 @@ wandb.enabled=true`` logs one run per export. wandb is imported only when a W&B 
 never pay for the import.
 """
 
-import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -130,19 +128,6 @@ def log_run_results(loggers: Sequence[Logger], metrics: RunMetrics, folder: RunF
         for file in files:
             artifact.add_file(str(file), name=file.name)
         run.log_artifact(artifact)
-
-
-@contextmanager
-def finishing_wandb_run() -> Iterator[None]:
-    """Finish the W&B run a job started, failed or not, so the next job of a multirun gets a run of its own."""
-    exit_code = 1
-    try:
-        yield
-        exit_code = 0
-    finally:
-        wandb = sys.modules.get("wandb")
-        if wandb is not None and wandb.run is not None:
-            wandb.finish(exit_code=exit_code)
 
 
 def export_row(entry: dict[str, Any]) -> list[Any]:

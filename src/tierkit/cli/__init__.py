@@ -2,6 +2,8 @@
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def import_from_working_folder() -> None:
@@ -10,3 +12,16 @@ def import_from_working_folder() -> None:
     folder = os.getcwd()
     if folder not in sys.path:
         sys.path.insert(0, folder)
+
+
+@contextmanager
+def finishing_wandb_run() -> Iterator[None]:
+    """Finish the W&B run a job started, failed or not, so the next job of a multirun gets a run of its own."""
+    exit_code = 1
+    try:
+        yield
+        exit_code = 0
+    finally:
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and wandb.run is not None:
+            wandb.finish(exit_code=exit_code)

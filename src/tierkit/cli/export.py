@@ -1,4 +1,7 @@
-"""`python export.py`: config, dispatch and exit codes for the export stage (tierkit.stages.export)."""
+"""`python export.py`: config, dispatch and exit codes for the export stage (tierkit.stages.export).
+
+The stage is imported after Hydra has composed the config, so a mistyped key or option is reported at once.
+"""
 
 import logging
 import sys
@@ -10,7 +13,6 @@ import tierkit.utils.resolvers  # noqa: F401  (registers the config resolvers)
 from tierkit.cli import import_from_working_folder
 from tierkit.conf import CONFIG_DIR
 from tierkit.errors import TierkitError
-from tierkit.stages.export import export
 from tierkit.utils.noise import silence_known_noise
 
 log = logging.getLogger(__name__)
@@ -20,6 +22,8 @@ log = logging.getLogger(__name__)
 def main(cfg: DictConfig) -> None:
     silence_known_noise()
     import_from_working_folder()
+    from tierkit.stages.export import export
+
     try:
         export(cfg)
     except TierkitError as exc:

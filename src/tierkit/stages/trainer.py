@@ -6,13 +6,40 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 from torch import nn
 
 from tierkit.distill import DistillationModule
 from tierkit.utils.instantiate import instantiate
-from tierkit.utils.slurm import single_process_plugins
+
+
+class OneTaskOfSLURM(SLURMEnvironment):
+    """SLURM's requeue on its signal, for a stage that runs in one process of a multi-task job (teacher, QAT).
+
+    Lightning's own SLURM environment would take the job's task count as the world size and refuse ``devices=1``.
+    """
+
+    def world_size(self) -> int:
+        return 1
+
+    def global_rank(self) -> int:
+        return 0
+
+    def local_rank(self) -> int:
+        return 0
+
+    def node_rank(self) -> int:
+        return 0
+
+    def validate_settings(self, num_devices: int, num_nodes: int) -> None:
+        """One device on one node, whatever the job asked of SLURM."""
+
+
+def single_process_plugins() -> list:
+    """Trainer plugins for a one-process stage: keeps SLURM's requeue handling, drops its multi-task world."""
+    return [OneTaskOfSLURM()] if SLURMEnvironment.detect() else []
 
 
 def build_trainer(

@@ -1,4 +1,7 @@
-"""Atomic file writes (other runs read these files, so a crash must never leave a half-written one) and safe reads."""
+"""Atomic file writes (other runs read these files, so a crash must never leave a half-written one) and safe reads.
+
+torch is imported by the two functions that need it, so that reading a run folder or a config costs no torch import.
+"""
 
 import json
 import os
@@ -7,8 +10,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import torch
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -31,6 +32,8 @@ def write_json(path: str | Path, data: Any) -> Path:
 
 
 def save_torch(path: str | Path, obj: Any) -> Path:
+    import torch
+
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -39,6 +42,8 @@ def load_torch(path: str | Path) -> Any:
 
     A refused file raises UnpicklingError with one short line instead of torch's page of advice.
     """
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -1,4 +1,5 @@
-"""Running under SLURM: a run folder that survives requeues, in-place resume, and single-process stages.
+"""Running under SLURM: a run folder that survives requeues, and in-place resume (stages/trainer.py keeps a
+one-process stage out of the job's multi-task world).
 
 A preempted or timed-out job is requeued with the same job id. Its run folder is named after that id, so the
 requeued job finds the checkpoints of the first attempt (Lightning's ``hpc_ckpt_<n>.ckpt`` written on the requeue
@@ -9,8 +10,6 @@ import logging
 import os
 from datetime import datetime
 from pathlib import Path
-
-from lightning.fabric.plugins.environments import SLURMEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +24,13 @@ def job_id() -> str | None:
 
 def run_folder_name() -> str:
     """``slurm/<job id>`` inside a SLURM job (every task and every requeue agree on it), else the date and time."""
-    found = job_id() if SLURMEnvironment.detect() else None
+    found = None
+    # Outside SLURM (no task count set) Lightning is not imported: this runs as Hydra resolves the run folder, before
+    # the config is checked, and a mistake on the command line should be reported without waiting for it.
+    if "SLURM_NTASKS" in os.environ:
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        found = job_id() if SLURMEnvironment.detect() else None
     return f"slurm/{found}" if found else datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
 
 
@@ -47,30 +52,3 @@ def requeued_checkpoint(found: list[Path]) -> Path | None:
     newest = max(found, key=lambda path: path.stat().st_mtime)
     log.info("Requeued SLURM job (restart %d): resuming from %s", restart_count(), newest)
     return newest
-
-
-class OneTaskOfSLURM(SLURMEnvironment):
-    """SLURM's requeue on its signal, for a stage that runs in one process of a multi-task job (teacher, QAT).
-
-    Lightning's own SLURM environment would take the job's task count as the world size and refuse ``devices=1``.
-    """
-
-    def world_size(self) -> int:
-        return 1
-
-    def global_rank(self) -> int:
-        return 0
-
-    def local_rank(self) -> int:
-        return 0
-
-    def node_rank(self) -> int:
-        return 0
-
-    def validate_settings(self, num_devices: int, num_nodes: int) -> None:
-        """One device on one node, whatever the job asked of SLURM."""
-
-
-def single_process_plugins() -> list:
-    """Trainer plugins for a one-process stage: keeps SLURM's requeue handling, drops its multi-task world."""
-    return [OneTaskOfSLURM()] if SLURMEnvironment.detect() else []
