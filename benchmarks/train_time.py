@@ -1,6 +1,9 @@
 """Wall-clock time of `python train.py` on the default data, cold (teacher trained) and warm (cached).
 
-python -m benchmarks.train_time [--repeats N] [extra overrides...]
+python -m benchmarks.train_time [--repeats N] [--label NAME] [extra overrides...]
+
+Writes benchmarks/results/train_time.json, or train_time_<NAME>.json with --label (another machine's figures beside
+the first's).
 """
 
 import argparse
@@ -32,6 +35,7 @@ def timed_run(cache_dir: Path, run_dir: Path, overrides: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=1, help="cold and warm runs each (median reported)")
+    parser.add_argument("--label", help="name the results file train_time_<label>, e.g. after the machine")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides passed to train.py")
     args = parser.parse_args()
     print(describe())
@@ -48,7 +52,7 @@ def main() -> None:
         "warm_seconds_median": round(statistics.median(warm), 1),
         "repeats": args.repeats,
     }
-    save_results("train_time", result)
+    save_results("_".join(["train_time", *([args.label] if args.label else [])]), result)
     print(
         f"python train.py {' '.join(args.overrides)}: {result['cold_seconds_median']} s with the teacher trained, "
         f"{result['warm_seconds_median']} s with it cached (median of {args.repeats})"
