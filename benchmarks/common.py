@@ -8,6 +8,9 @@ import re
 import shutil
 import statistics
 import subprocess
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from hydra import compose, initialize_config_dir
 from tierkit.cli.train import train
 from tierkit.conf import CONFIG_DIR
 from tierkit.run_folder import RunFolder
+from tierkit.utils.noise import silence_known_noise
 
 # The student the component benchmarks measure: model.student trained from scratch, the recipe their results in
 # benchmarks/results were measured with before student=from_teacher became the default. Pinned, so that every
@@ -90,6 +94,23 @@ def finished_or_train(overrides: list[str], out: Path) -> dict:
         return finished.to_dict()
     shutil.rmtree(out, ignore_errors=True)
     return train_with(overrides, out)
+
+
+def measure_and_save(
+    name: str,
+    args: argparse.Namespace,
+    measure: Callable[[argparse.Namespace, Path], dict],
+    table: Callable[[argparse.Namespace, dict], list[str]],
+) -> None:
+    """Run ``measure(args, work)`` with ``work`` = ``args.work`` (kept, so the same command run again reuses what
+    finished) or a temporary folder; save the result as ``name``, with its wall time and ``table(args, result)``."""
+    silence_known_noise()
+    print(describe(), flush=True)
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"tierkit-{name}-") as tmp:
+        result = measure(args, args.work or Path(tmp))
+    result["wall_seconds"] = round(time.perf_counter() - began, 1)
+    save_results(name, result, table(args, result))
 
 
 def run_command(command: list[str]) -> None:

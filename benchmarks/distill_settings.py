@@ -13,13 +13,10 @@ the same command started again reuses it (a Fashion-MNIST run takes about ten mi
 
 import argparse
 import statistics
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import SCRATCH_STUDENT, describe, finished_or_train, results_name, save_results, spread
-from tierkit.utils.noise import silence_known_noise
+from benchmarks.common import SCRATCH_STUDENT, describe, finished_or_train, measure_and_save, results_name, spread
 
 # What distillation should add over the same student alone (points, mean of seeds): the classic Fashion-MNIST
 # figure for a small CNN student, and the comparison's target.
@@ -149,13 +146,7 @@ def table(args: argparse.Namespace, result: dict) -> list[str]:
 
 def main() -> None:
     args = parse_args()
-    silence_known_noise()
-    print(describe(), flush=True)
-    began = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="tierkit-kd-settings-") as tmp:
-        result = measure(args, args.work or Path(tmp))
-    result["wall_seconds"] = round(time.perf_counter() - began, 1)
-    save_results(results_name("distill_settings", args.overrides), result, table(args, result))
+    measure_and_save(results_name("distill_settings", args.overrides), args, measure, table)
 
 
 if __name__ == "__main__":

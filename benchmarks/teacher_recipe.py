@@ -11,17 +11,14 @@ two cores).
 """
 
 import argparse
-import tempfile
-import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from benchmarks.common import describe, results_name, save_results
+from benchmarks.common import describe, measure_and_save, results_name
 from tierkit.conf import CONFIG_DIR
 from tierkit.stages.teacher import obtain_teacher
 from tierkit.utils.instantiate import instantiate
-from tierkit.utils.noise import silence_known_noise
 
 # The Fashion-MNIST figure the data issue asks of the default teacher: VGG16's published accuracy without
 # augmentation.
@@ -97,13 +94,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    silence_known_noise()
-    print(describe(), flush=True)
-    began = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="tierkit-teacher-recipe-") as tmp:
-        result = measure(args, args.work or Path(tmp))
-    result["wall_seconds"] = round(time.perf_counter() - began, 1)
-    save_results(results_name("teacher_recipe", args.overrides), result, table(args, result))
+    measure_and_save(results_name("teacher_recipe", args.overrides), args, measure, table)
 
 
 if __name__ == "__main__":
