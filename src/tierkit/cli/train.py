@@ -2,8 +2,9 @@
 
 It resolves what to resume from, checks the settings, and hands over to the recipe (tierkit.stages.run) or to
 device fine-tuning (tierkit.stages.finetune); the value it returns is what sweepers optimize. Lightning and the
-stages are imported once the settings have passed their checks, so a mistake on the command line is reported in
-about a second instead of after the ten that importing them takes on a small CPU.
+stages are imported once Hydra has composed the config, so a mistyped key or option is reported in about a second
+instead of after the ten that importing them takes on a small CPU (the settings check itself imports the classes
+the config names).
 """
 
 import logging
