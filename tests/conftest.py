@@ -1,9 +1,17 @@
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+# pytest-xdist runs one worker per core: each worker, and every CLI it starts, computes on one thread, so the
+# workers do not fight over the cores. Set before torch is imported, which reads it once.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hypothesis import HealthCheck, settings
 from omegaconf import DictConfig
@@ -62,6 +70,14 @@ def fake_slurm(root: Path, job_id: int, tasks: int = 1, rank: int = 0, restarts:
         "SLURM_RESTART_COUNT": str(restarts),
         "PATH": f"{scontrol.parent}{os.pathsep}{os.environ['PATH']}",
     }
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test draws the same weights and data whichever tests ran before it, in its process or another worker."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture(autouse=True)
