@@ -128,6 +128,18 @@ def test_no_kd_experiment_switches_distillation_off(tmp_path):
     assert compose_train(tmp_path, "experiment=no_kd").distill.alpha == 0
 
 
+def test_a_dataset_brings_the_recipe_chosen_on_its_validation_split_and_the_command_line_wins(tmp_path):
+    for option in options("recipe"):
+        recipe = dict(_leaves(OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "recipe" / f"{option}.yaml"))))
+        assert recipe, f"recipe/{option}.yaml sets nothing"
+        default = compose_train(tmp_path)
+        chosen = compose_train(tmp_path, f"data={option}")
+        for key, value in recipe.items():
+            assert OmegaConf.select(chosen, key) == value != OmegaConf.select(default, key), key
+            given = compose_train(tmp_path, f"data={option}", f"{key}={value + 1}")
+            assert OmegaConf.select(given, key) == value + 1, key
+
+
 def test_every_group_in_the_design_exists():
     for group in (
         "data",
@@ -143,6 +155,7 @@ def test_every_group_in_the_design_exists():
         "debug",
         "hparams_search",
         "local",
+        "recipe",
     ):
         assert (CONFIG_DIR / group).is_dir(), group
 
