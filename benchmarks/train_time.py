@@ -52,7 +52,7 @@ def main() -> None:
         "warm_seconds_median": round(statistics.median(warm), 1),
         "repeats": args.repeats,
     }
-    save_results("_".join(["train_time", *([args.label] if args.label else [])]), result)
+    save_results(f"train_time_{args.label}" if args.label else "train_time", result)
     print(
         f"python train.py {' '.join(args.overrides)}: {result['cold_seconds_median']} s with the teacher trained, "
         f"{result['warm_seconds_median']} s with it cached (median of {args.repeats})"

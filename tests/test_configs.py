@@ -129,10 +129,10 @@ def test_no_kd_experiment_switches_distillation_off(tmp_path):
 
 
 def test_a_dataset_brings_the_recipe_chosen_on_its_validation_split_and_the_command_line_wins(tmp_path):
+    default = compose_train(tmp_path)
     for option in options("recipe"):
         recipe = dict(_leaves(OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "recipe" / f"{option}.yaml"))))
         assert recipe, f"recipe/{option}.yaml sets nothing"
-        default = compose_train(tmp_path)
         chosen = compose_train(tmp_path, f"data={option}")
         for key, value in recipe.items():
             assert OmegaConf.select(chosen, key) == value != OmegaConf.select(default, key), key
