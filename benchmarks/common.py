@@ -27,6 +27,9 @@ from tierkit.utils.noise import silence_known_noise
 # recorded command still reproduces its figures.
 SCRATCH_STUDENT = "student=scratch"
 
+# The device tiers, largest first: the order every benchmark table lists them in.
+TIERS = ("highend", "midrange", "lowend")
+
 
 def cpu_model() -> str:
     cpuinfo = Path("/proc/cpuinfo")
@@ -122,7 +125,7 @@ def run_command(command: list[str]) -> None:
 def tiers_and_seeds(doc: str, overrides_help: str = "Hydra overrides for every run") -> argparse.Namespace:
     """The command line of a benchmark that trains every tier on several seeds."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiers", nargs="+", default=["highend", "midrange", "lowend"])
+    parser.add_argument("--tiers", nargs="+", default=list(TIERS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("overrides", nargs="*", help=overrides_help)
     return parser.parse_args()

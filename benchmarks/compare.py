@@ -43,6 +43,7 @@ from benchmarks.baselines import modelpruning_copy, ort_default_int8, torch_prun
 from benchmarks.common import (
     RESULTS,
     SCRATCH_STUDENT,
+    TIERS,
     describe,
     finished_or_train,
     override_name,
@@ -78,7 +79,6 @@ from tierkit.utils.noise import silence_known_noise
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 README_START, README_END = "<!-- compare:start -->", "<!-- compare:end -->"
-TIERS = ("highend", "midrange", "lowend")
 SETTINGS = ("cpu_1thread", "cpu_all")
 THROUGHPUT_BATCH = 32
 # What each row is, for the table's second column.

@@ -6,8 +6,9 @@ width-scaled student trained from scratch, on the same tier, size, epochs and se
 For each tier and seed both students distil from the same teacher for the tier's epochs. Reported: parameters,
 test accuracy (mean ± sample sd), and the first epoch at which each reaches the scratch student's mean final
 validation accuracy: at any size, and counting only epochs after the last pruning step (the model at the tier's
-size). Writes benchmarks/results/derived_student.{json,md} (derived_student_<data>.* with a data= override), again
-after each tier, so a long run that is stopped keeps the tiers it finished.
+size). Writes benchmarks/results/derived_student.{json,md} (derived_student_<data>.* with a data= override, and
+_<tiers> when --tiers names fewer than all three, so a run of one tier never overwrites another's), again after each
+tier, so a long run that is stopped keeps the tiers it finished.
 """
 
 import argparse
@@ -17,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import describe, results_name, save_results, spread, tiers_and_seeds, train_with
+from benchmarks.common import TIERS, describe, results_name, save_results, spread, tiers_and_seeds, train_with
 from tierkit.run_folder import RunFolder
 from tierkit.utils.noise import silence_known_noise
 
@@ -86,6 +87,12 @@ def main() -> None:
             write_results(args, rows, time.perf_counter() - started)
 
 
+def derived_results_name(args: argparse.Namespace) -> str:
+    """The results file's name: the data it ran on, and the tiers when not all of them ran."""
+    name = results_name("derived_student", args.overrides)
+    return name if sorted(args.tiers) == sorted(TIERS) else "_".join([name, *args.tiers])
+
+
 def write_results(args: argparse.Namespace, rows: list[dict], seconds: float) -> None:
     lines = [
         f"Machine: {describe()}",
@@ -113,7 +120,7 @@ def write_results(args: argparse.Namespace, rows: list[dict], seconds: float) ->
         f"Mean ± sample standard deviation over seeds {', '.join(map(str, args.seeds))}; "
         f"{len(args.seeds) * len(rows) * len(MODES)} runs in {seconds:.0f} s.",
     ]
-    save_results(results_name("derived_student", args.overrides), {"rows": rows}, lines)
+    save_results(derived_results_name(args), {"rows": rows}, lines)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import hydra
 import numpy as np
 from hydra import compose, initialize_config_dir
 
-from benchmarks.common import SCRATCH_STUDENT, describe, save_results, train_with
+from benchmarks.common import SCRATCH_STUDENT, TIERS, describe, save_results, train_with
 from tierkit.conf import CONFIG_DIR
 from tierkit.onnxio import export_onnx, onnx_accuracy
 from tierkit.onnxio.verify import float_compute_ops
@@ -34,7 +34,6 @@ from tierkit.run_folder import RunFolder
 from tierkit.stages.teacher import obtain_teacher
 from tierkit.utils.noise import silence_known_noise
 
-TIERS = ("highend", "midrange", "lowend")
 FORCED_QAT = (
     "tier=lowend",
     "model.student._target_=tierkit.models.MobileNetV2",

@@ -30,7 +30,7 @@ import hydra
 import numpy as np
 from hydra import compose, initialize_config_dir
 
-from benchmarks.common import RESULTS, SCRATCH_STUDENT, describe, save_results, train_with
+from benchmarks.common import RESULTS, SCRATCH_STUDENT, TIERS, describe, save_results, train_with
 from tierkit.conf import CONFIG_DIR
 from tierkit.onnxio import export_onnx, onnx_accuracy
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
@@ -169,7 +169,7 @@ def default_reports(scratch: Path) -> list[dict]:
     fp32 = export_onnx(teacher.eval(), scratch / "teacher" / "fp32.onnx", tuple(cfg.data.input_shape))
     samples = calibration_samples(datamodule, 512, 64)
     reports = {"teacher": analyse_layers(fp32, datamodule, samples, 64, module=teacher)}
-    for tier in ("highend", "midrange", "lowend"):
+    for tier in TIERS:
         run = scratch / tier
         train_with([f"tier={tier}", SCRATCH_STUDENT, "seed=1", "quantization.sensitivity.accuracy_effects=always"], run)
         data = json.loads((RunFolder(run).quantization / "sensitivity.json").read_text())

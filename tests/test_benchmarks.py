@@ -158,6 +158,18 @@ def test_derived_student_benchmark_counts_epochs_to_a_target():
     assert epochs_cell([2, 4, None]) == "3.0 ± 1.4 (1 of 3 never)"
 
 
+def test_a_derived_student_run_of_some_tiers_keeps_its_own_results_file():
+    from argparse import Namespace
+
+    from benchmarks.derived_student import derived_results_name
+
+    every = Namespace(tiers=["lowend", "highend", "midrange"], overrides=["data=fashion_mnist"])
+    assert derived_results_name(every) == "derived_student_fashion_mnist"
+    some = Namespace(tiers=["midrange", "highend"], overrides=["data=fashion_mnist"])
+    assert derived_results_name(some) == "derived_student_fashion_mnist_midrange_highend"
+    assert derived_results_name(Namespace(tiers=["lowend"], overrides=[])) == "derived_student_lowend"
+
+
 def test_a_stopped_compare_reuses_finished_runs_and_retrains_unfinished_ones(tmp_path, monkeypatch):
     from benchmarks import common
     from tierkit.run_folder import ModelSummary, RunFolder, RunMetrics
