@@ -131,6 +131,12 @@ def tiers_and_seeds(doc: str, overrides_help: str = "Hydra overrides for every r
     return parser.parse_args()
 
 
+def command_line(module: str, *options: str, overrides: list[str] = ()) -> str:
+    """How to run a benchmark again: its options, then its Hydra overrides after ``--``, without which an option
+    that takes a list (``--seeds 1 2 3``) would take the overrides as more of its values."""
+    return " ".join([f"python -m benchmarks.{module}", *options, *(["--", *overrides] if overrides else [])])
+
+
 def spread(values: list[float], scale: float = 100, digits: int = 2) -> str:
     """Mean ± sample standard deviation (0 for one value), scaled (100: fractions shown as percent)."""
     mean = scale * statistics.mean(values)

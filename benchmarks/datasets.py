@@ -1,7 +1,7 @@
 """The recipe on data harder than the bundled MNIST subset: Fashion-MNIST in full and MNIST-1D, one tier each,
 trained and exported on this machine, with the time an epoch takes.
 
-    python -m benchmarks.datasets [--datasets fashion_mnist mnist1d] [--tier lowend] [extra overrides...]
+    python -m benchmarks.datasets [--datasets fashion_mnist mnist1d] [--tier lowend] [-- extra overrides...]
 
 For each dataset: the teacher is trained from scratch (its wall time per epoch, validation included), then the
 tier's student is distilled, pruned and quantized (its time per epoch), then exported. Reported: teacher and student
@@ -19,7 +19,7 @@ from pathlib import Path
 import lightning as L
 from hydra import compose, initialize_config_dir
 
-from benchmarks.common import SCRATCH_STUDENT, describe, save_results
+from benchmarks.common import SCRATCH_STUDENT, command_line, describe, save_results
 from tierkit.cli.train import train
 from tierkit.conf import CONFIG_DIR
 from tierkit.stages.export import export
@@ -122,8 +122,8 @@ def main() -> None:
             print(rows[-1], flush=True)
     lines = [
         f"Machine: {describe()}",
-        f"Command: python -m benchmarks.datasets --datasets {' '.join(args.datasets)} --tier {args.tier} "
-        f"{' '.join(args.overrides)}".rstrip(),
+        "Command: "
+        + command_line("datasets", "--datasets", *args.datasets, "--tier", args.tier, overrides=args.overrides),
         "",
         "| data | train / test | teacher params | teacher test acc | s per teacher epoch | student params "
         "| student test acc | s per student epoch | INT8 path | INT8 (8-bit) test acc in ORT | INT8 size |",

@@ -1,7 +1,7 @@
 """A student derived from the teacher (pruned to the tier's size, keeping the teacher's weights) against today's
 width-scaled student trained from scratch, on the same tier, size, epochs and seeds.
 
-    python -m benchmarks.derived_student [--tiers lowend ...] [--seeds 1 2 3] [extra overrides...]
+    python -m benchmarks.derived_student [--tiers lowend ...] [--seeds 1 2 3] [-- extra overrides...]
 
 For each tier and seed both students distil from the same teacher for the tier's epochs. Reported: parameters,
 test accuracy (mean ± sample sd), and the first epoch at which each reaches the scratch student's mean final
@@ -18,7 +18,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import TIERS, describe, results_name, save_results, spread, tiers_and_seeds, train_with
+from benchmarks.common import (
+    TIERS,
+    command_line,
+    describe,
+    results_name,
+    save_results,
+    spread,
+    tiers_and_seeds,
+    train_with,
+)
 from tierkit.run_folder import RunFolder
 from tierkit.utils.noise import silence_known_noise
 
@@ -96,8 +105,10 @@ def derived_results_name(args: argparse.Namespace) -> str:
 def write_results(args: argparse.Namespace, rows: list[dict], seconds: float) -> None:
     lines = [
         f"Machine: {describe()}",
-        f"Command: python -m benchmarks.derived_student --tiers {' '.join(args.tiers)} --seeds "
-        f"{' '.join(map(str, args.seeds))} {' '.join(args.overrides)}".rstrip(),
+        "Command: "
+        + command_line(
+            "derived_student", "--tiers", *args.tiers, "--seeds", *map(str, args.seeds), overrides=args.overrides
+        ),
         "",
         "| tier | student | params | test acc (%) | epochs to the scratch student's final val acc "
         "| the same, counting only epochs at the tier's size | wall time (s) |",

@@ -1,7 +1,7 @@
 """Which distillation settings help a student? Temperature and alpha chosen on validation, then checked on test.
 
     python -m benchmarks.distill_settings [--temperatures 2 4 8] [--alphas 0.5 0.9] [--seeds 1 2 3]
-                                          [--work DIR] [overrides...]
+                                          [--work DIR] [-- overrides...]
 
 Every (temperature, alpha) pair distils the default tier's student on the first seed: the student trained from
 scratch at the tier's width with pruning and quantization off, as in the comparison's student rows. The pair with
@@ -16,7 +16,15 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import SCRATCH_STUDENT, describe, finished_or_train, measure_and_save, results_name, spread
+from benchmarks.common import (
+    SCRATCH_STUDENT,
+    command_line,
+    describe,
+    finished_or_train,
+    measure_and_save,
+    results_name,
+    spread,
+)
 
 # What distillation should add over the same student alone (points, mean of seeds): the classic Fashion-MNIST
 # figure for a small CNN student, and the comparison's target.
@@ -104,17 +112,15 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
 
 def table(args: argparse.Namespace, result: dict) -> list[str]:
     seeds = ", ".join(map(str, args.seeds))
-    command = " ".join(
-        [
-            "python -m benchmarks.distill_settings",
-            "--temperatures",
-            *(f"{t:g}" for t in args.temperatures),
-            "--alphas",
-            *(f"{a:g}" for a in args.alphas),
-            "--seeds",
-            *map(str, args.seeds),
-            *args.overrides,
-        ]
+    command = command_line(
+        "distill_settings",
+        "--temperatures",
+        *(f"{t:g}" for t in args.temperatures),
+        "--alphas",
+        *(f"{a:g}" for a in args.alphas),
+        "--seeds",
+        *map(str, args.seeds),
+        overrides=args.overrides,
     )
     student = result["student"]
     gain = 100 * statistics.mean(result["gains"])

@@ -1,6 +1,6 @@
 """Does distillation help? Each tier's student trained with the teacher (KD) and alone, on the same seeds.
 
-    python -m benchmarks.distillation [--tiers lowend ...] [--seeds 1 2 3] [extra overrides...]
+    python -m benchmarks.distillation [--tiers lowend ...] [--seeds 1 2 3] [-- extra overrides...]
 
 Writes benchmarks/results/distillation.{json,md} (distillation_<data>.* with a data= override).
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from benchmarks.common import (
     SCRATCH_STUDENT,
+    command_line,
     describe,
     results_name,
     save_results,
@@ -61,8 +62,10 @@ def main() -> None:
             )
     lines = [
         f"Machine: {describe()}",
-        f"Command: python -m benchmarks.distillation --tiers {' '.join(args.tiers)} --seeds "
-        f"{' '.join(map(str, args.seeds))} {' '.join(args.overrides)}".rstrip(),
+        "Command: "
+        + command_line(
+            "distillation", "--tiers", *args.tiers, "--seeds", *map(str, args.seeds), overrides=args.overrides
+        ),
         "",
         "| tier | student params | student MACs | teacher test acc "
         "| student + KD (%) | student alone (%) | KD gain (points) |",

@@ -2,7 +2,7 @@
 tierkit's StructuredPruning (KD recovery), and masked by Lightning's ModelPruning at the same weight
 sparsity. Accuracy over seeds; ONNX Runtime latency at batch 1 on one thread, interleaved.
 
-    python -m benchmarks.pruning [--seeds 1 2 3] [--target 0.5] [extra overrides...]
+    python -m benchmarks.pruning [--seeds 1 2 3] [--target 0.5] [-- extra overrides...]
 
 Writes benchmarks/results/pruning.{json,md} (pruning_<data>.* with a data= override).
 """
@@ -16,7 +16,7 @@ import hydra
 import numpy as np
 
 from benchmarks.baselines import zero_fraction
-from benchmarks.common import SCRATCH_STUDENT, describe, results_name, save_results, train_with
+from benchmarks.common import SCRATCH_STUDENT, command_line, describe, results_name, save_results, train_with
 from tierkit.models.checkpoint import load_student
 from tierkit.onnxio import export_onnx, onnx_accuracy
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
@@ -88,8 +88,10 @@ def main() -> None:
     base_acc = [m["ort_test_acc"] for m in runs["unpruned"]]
     lines = [
         f"Machine: {describe()}",
-        f"Command: python -m benchmarks.pruning --seeds {' '.join(map(str, args.seeds))} --target {args.target} "
-        + " ".join(args.overrides),
+        "Command: "
+        + command_line(
+            "pruning", "--seeds", *map(str, args.seeds), "--target", str(args.target), overrides=args.overrides
+        ),
         "",
         "| student | params | MACs | zero weights | ONNX size | latency p50 (ms) | speed-up | MACs cut "
         "| test acc in ORT (%) | vs unpruned (points) |",

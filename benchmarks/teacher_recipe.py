@@ -1,6 +1,6 @@
 """How long should the default teacher train on a dataset? Epoch counts chosen on validation, then read on test.
 
-    python -m benchmarks.teacher_recipe [--epochs 15 30] [--work DIR] [overrides...]
+    python -m benchmarks.teacher_recipe [--epochs 15 30] [--work DIR] [-- overrides...]
 
 The default teacher (conf/train.yaml's recipe: AdamW, cosine schedule over the run, the best validation epoch kept)
 is trained once for each epoch count, from the same seed. The count whose teacher has the best validation
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from benchmarks.common import describe, measure_and_save, results_name
+from benchmarks.common import command_line, describe, measure_and_save, results_name
 from tierkit.conf import CONFIG_DIR
 from tierkit.stages.teacher import obtain_teacher
 from tierkit.utils.instantiate import instantiate
@@ -62,7 +62,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
 
 
 def table(args: argparse.Namespace, result: dict) -> list[str]:
-    command = " ".join(["python -m benchmarks.teacher_recipe --epochs", *map(str, args.epochs), *args.overrides])
+    command = command_line("teacher_recipe", "--epochs", *map(str, args.epochs), overrides=args.overrides)
     lines = [
         f"Machine: {describe()}",
         f"Command: {command}",

@@ -170,6 +170,19 @@ def test_a_derived_student_run_of_some_tiers_keeps_its_own_results_file():
     assert derived_results_name(Namespace(tiers=["lowend"], overrides=[])) == "derived_student_lowend"
 
 
+def test_the_command_a_result_records_runs_again_with_the_same_arguments(monkeypatch):
+    import shlex
+    import sys
+
+    from benchmarks.common import command_line, tiers_and_seeds
+
+    recorded = command_line("derived_student", "--tiers", "midrange", "--seeds", "1", "2", overrides=["data=mnist1d"])
+    monkeypatch.setattr(sys, "argv", shlex.split(recorded)[2:])
+    again = tiers_and_seeds("doc")
+    assert (again.tiers, again.seeds, again.overrides) == (["midrange"], [1, 2], ["data=mnist1d"])
+    assert command_line("pruning", "--target", "0.5") == "python -m benchmarks.pruning --target 0.5"
+
+
 def test_a_stopped_compare_reuses_finished_runs_and_retrains_unfinished_ones(tmp_path, monkeypatch):
     from benchmarks import common
     from tierkit.run_folder import ModelSummary, RunFolder, RunMetrics
