@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +131,7 @@ def tiers_and_seeds(doc: str, overrides_help: str = "Hydra overrides for every r
     return parser.parse_args()
 
 
-def command_line(module: str, *options: str, overrides: list[str] = ()) -> str:
+def command_line(module: str, *options: str, overrides: Sequence[str] = ()) -> str:
     """How to run a benchmark again: its options, then its Hydra overrides after ``--``, without which an option
     that takes a list (``--seeds 1 2 3``) would take the overrides as more of its values."""
     return " ".join([f"python -m benchmarks.{module}", *options, *(["--", *overrides] if overrides else [])])
