@@ -16,10 +16,12 @@ from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from tierkit.cli.train import train
 from tierkit.conf import CONFIG_DIR
 from tierkit.run_folder import RunFolder
+from tierkit.utils.files import load_torch
 from tierkit.utils.noise import silence_known_noise
 
 # The student the component benchmarks measure: model.student trained from scratch, the recipe their results in
@@ -73,6 +75,22 @@ def results_name(base: str, overrides: list[str]) -> str:
     overwrite another's."""
     data = [o.split("=", 1)[1] for o in overrides if o.startswith("data=")]
     return base + (f"_{data[-1]}" if data else "")
+
+
+def data_overrides_of(run_dir: Path) -> list[str]:
+    """The ``data=`` option a finished run was trained with, read from its best checkpoint: ``[]`` for the default
+    data, else ``["data=<option>"]``. A benchmark given an existing run names its results and picks its data by it,
+    as it would for a run it trained itself."""
+    trained = load_torch(RunFolder(run_dir).checkpoint("best"))["tierkit"]["config"]["data"]["_target_"]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        default = compose("train").data["_target_"]
+    if trained == default:
+        return []
+    files = sorted((CONFIG_DIR / "data").glob("*.yaml"))
+    options = [file.stem for file in files if OmegaConf.load(file).get("_target_") == trained]
+    if not options:
+        raise SystemExit(f"{run_dir} was trained on {trained}, which no conf/data option names; benchmark it by hand")
+    return [f"data={options[0]}"]
 
 
 def override_name(base: str, overrides: list[str]) -> str:

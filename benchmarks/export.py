@@ -1,12 +1,13 @@
-"""The deployable set end to end: a 3-tier sweep on mnist5k, exported, checked against the tier budgets, and the
+"""The deployable set end to end: a 3-tier sweep, exported, checked against the tier budgets, and the
 runtime's choice for three described devices.
 
-    python -m benchmarks.export [--sweep multirun/DATE/TIME]
+    python -m benchmarks.export [--sweep multirun/DATE/TIME] [-- overrides...]
 
-Without --sweep it first runs `python train.py -m tier=highend,midrange,lowend` (about 5 minutes on 2 cores).
-Then it runs `python export.py run=<sweep>`, whose profiler times every model interleaved under every
-hardware setting, and reads the figures from the manifest. Writes benchmarks/results/export.{json,md} and
-benchmarks/results/export_pareto.png.
+Without --sweep it first runs `python train.py -m tier=highend,midrange,lowend` with the overrides (about 5
+minutes on 2 cores on mnist5k). Then it runs `python export.py run=<sweep>`, whose profiler times every model
+interleaved under every hardware setting, and reads the figures from the manifest. Writes
+benchmarks/results/export.{json,md} and benchmarks/results/export_pareto.png, named export_<data> when the
+sweep was trained on other data than the default (read from its checkpoints, so a given --sweep is named too).
 """
 
 import argparse
@@ -16,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import RESULTS, SCRATCH_STUDENT, describe, save_results
+from benchmarks.common import RESULTS, SCRATCH_STUDENT, data_overrides_of, describe, results_name, save_results
 from benchmarks.common import run_command as run
 from tierkit.runtime import DeviceInfo, load_manifest, select_variant
 from tierkit.runtime.cpu import exact_on_target
@@ -55,7 +56,10 @@ def reference_row(entry: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", type=Path, help="an existing 3-tier sweep folder to export instead of training")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the sweep this trains (not with --sweep)")
     args = parser.parse_args()
+    if args.sweep and args.overrides:
+        parser.error("overrides go to the sweep this benchmark trains; an existing --sweep was trained already")
     scratch = Path(tempfile.mkdtemp(prefix="tierkit-bench-export-"))
     sweep = args.sweep or scratch / "multirun"
     if args.sweep is None:
@@ -66,6 +70,7 @@ def main() -> None:
                 "-m",
                 f"tier={TIERS}",
                 SCRATCH_STUDENT,
+                *args.overrides,
                 f"hydra.sweep.dir={sweep}",
                 "~callbacks.progress",
             ]
@@ -140,9 +145,11 @@ def main() -> None:
             f"lowend vs teacher: {lowend['size_ratio']:.1f}x smaller (target >= 10x), {lowend['speedup']:.1f}x faster "
             f"at batch 1 on one thread (target >= 5x), {lowend['drop_points']:.2f} points lost (target <= 1).",
         ]
-    shutil.copy(out / "pareto.png", RESULTS / "export_pareto.png")
+    a_run = next(sweep.glob("*/checkpoints/best.ckpt")).parents[1]  # the sweep's runs share one data option
+    name = results_name("export", data_overrides_of(a_run))
+    shutil.copy(out / "pareto.png", RESULTS / f"{name}_pareto.png")
     save_results(
-        "export",
+        name,
         {
             "sweep": str(sweep),
             "export": str(out),

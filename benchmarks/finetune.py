@@ -1,12 +1,13 @@
 """Device fine-tuning: how much of the accuracy a device shift costs the compressed lowend model comes back.
 
-    python -m benchmarks.finetune [--run outputs/DATE/TIME]
+    python -m benchmarks.finetune [--run outputs/DATE/TIME] [-- overrides...]
 
-Without --run it first trains `python train.py tier=lowend` (about 2 minutes on 2 cores). Then it fine-tunes
-that run on `shift=camera` twice, on the labels alone and with the teacher still distilling, and compares
-accuracy before and after on the shifted and the original test split. It also checks that the tuned student
-keeps its structure and that its INT8 ONNX model has the same graph as the source's. Writes
-benchmarks/results/finetune.{json,md} and benchmarks/results/finetune_shift.png (what the shift looks like).
+Without --run it first trains `python train.py tier=lowend` with the overrides (about 2 minutes on 2 cores on
+mnist5k). Then it fine-tunes that run on its own data through `shift=camera` twice, on the labels alone and with
+the teacher still distilling, and compares accuracy before and after on the shifted and the original test split.
+It also checks that the tuned student keeps its structure and that its INT8 ONNX model has the same graph as the
+source's. Writes benchmarks/results/finetune.{json,md} and benchmarks/results/finetune_shift.png (what the shift
+looks like), named finetune_<data> when the run was trained on other data than the default.
 """
 
 import argparse
@@ -20,7 +21,7 @@ import onnx
 from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 
-from benchmarks.common import RESULTS, SCRATCH_STUDENT, describe, save_results
+from benchmarks.common import RESULTS, SCRATCH_STUDENT, data_overrides_of, describe, results_name, save_results
 from benchmarks.common import run_command as run
 from tierkit.conf import CONFIG_DIR
 from tierkit.onnxio.verify import float_compute_ops
@@ -35,10 +36,10 @@ def graph_signature(path: Path) -> list[tuple]:
     return [tuple(node.op_type for node in graph.node), sorted((i.data_type, tuple(i.dims)) for i in graph.initializer)]
 
 
-def save_shift_preview(path: Path) -> None:
-    """Eight test digits as trained on (top) and as the camera shift delivers them (bottom)."""
+def save_shift_preview(path: Path, data_option: list[str]) -> None:
+    """Eight test images of the run's data as trained on (top) and as the camera shift delivers them (bottom)."""
     figure = Figure(figsize=(8, 2.3), dpi=100)
-    for row, overrides in enumerate(([], ["shift=camera"])):
+    for row, overrides in enumerate((data_option, [*data_option, "shift=camera"])):
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
             cfg = compose("train", overrides=overrides)
         data = hydra.utils.instantiate(cfg.data)
@@ -48,14 +49,18 @@ def save_shift_preview(path: Path) -> None:
             axes = figure.add_subplot(2, 8, row * 8 + i + 1)
             axes.imshow(image[0], cmap="gray", vmin=0, vmax=1)
             axes.axis("off")
-    figure.suptitle("mnist5k test digits: as trained on (top) and through shift=camera (bottom)", fontsize=9)
+    name = data_option[0].removeprefix("data=") if data_option else "mnist5k"
+    figure.suptitle(f"{name} test images: as trained on (top) and through shift=camera (bottom)", fontsize=9)
     figure.savefig(path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, help="a finished lowend run to fine-tune instead of training one")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the lowend run this trains (not with --run)")
     args = parser.parse_args()
+    if args.run and args.overrides:
+        parser.error("overrides go to the lowend run this benchmark trains; an existing --run was trained already")
     scratch = Path(tempfile.mkdtemp(prefix="tierkit-bench-finetune-"))
     source = args.run or scratch / "lowend"
     if args.run is None:
@@ -65,15 +70,18 @@ def main() -> None:
                 "train.py",
                 "tier=lowend",
                 SCRATCH_STUDENT,
+                *args.overrides,
                 f"hydra.run.dir={source}",
                 "~callbacks.progress",
             ]
         )
+    # Fine-tuning reads the device's data from its own command line: the source's data, shifted.
+    data = data_overrides_of(source)
     source_int8 = RunFolder(source).quantization / "int8_ptq.onnx"
     rows = []
     for label, override in VARIANTS.items():
         tuned = scratch / label.split()[0]
-        finetune = ["stage=finetune", f"from_run={source}", "shift=camera", override]
+        finetune = ["stage=finetune", f"from_run={source}", *data, "shift=camera", override]
         run([sys.executable, "train.py", *finetune, f"hydra.run.dir={tuned}", "~callbacks.progress"])
         metrics = RunFolder(tuned).read_metrics()
         tuned_int8 = RunFolder(tuned).quantization / "int8_ptq.onnx"
@@ -88,10 +96,15 @@ def main() -> None:
             }
         )
     first = rows[0]
+    trained_as = (
+        f"the lowend run in `{args.run}`, {' '.join(data) or 'default data'}"
+        if args.run
+        else f"`{' '.join(['python train.py tier=lowend', SCRATCH_STUDENT, *args.overrides])}`"
+    )
     lines = [
         f"Machine: {describe()}",
         "",
-        f"Source: `python train.py tier=lowend` ({first['params']:,} params); shift: `shift=camera` "
+        f"Source: {trained_as} ({first['params']:,} params); shift: `shift=camera` "
         f"({', '.join(f'{k}={v}' for k, v in first['shift'].items() if k != 'seed')}); 5 epochs of fine-tuning.",
         "",
         "| fine-tuning | shifted test before | shifted test after | recovered | original test before | "
@@ -107,8 +120,9 @@ def main() -> None:
             f"{'yes' if row['structure_unchanged'] else 'NO'} | "
             f"{'yes' if row['int8_graph_unchanged'] and not row['int8_float_compute_ops'] else 'NO'} |"
         )
-    save_shift_preview(RESULTS / "finetune_shift.png")
-    save_results("finetune", {"source": str(source), "rows": rows}, lines)
+    name = results_name("finetune", data)
+    save_shift_preview(RESULTS / f"{name}_shift.png", data)
+    save_results(name, {"source": str(source), "rows": rows}, lines)
 
 
 if __name__ == "__main__":

@@ -285,3 +285,22 @@ def test_teacher_epochs_are_chosen_on_validation_and_only_the_choice_is_read_on_
     assert "| 30 (chosen) | 93.60 | 1,800 |" in lines
     assert not any("94.00" in line or "95.00" in line for line in lines)  # no other teacher's test accuracy
     assert lines[-1] == "Target: the teacher >= 93.5% on test: MISS."
+
+
+def test_results_from_an_existing_run_are_named_after_the_data_it_was_trained_on(tmp_path):
+    import torch
+
+    from benchmarks.common import data_overrides_of, results_name
+
+    def run_trained_on(name: str, target: str):
+        folder = tmp_path / name
+        (folder / "checkpoints").mkdir(parents=True)
+        torch.save({"tierkit": {"config": {"data": {"_target_": target}}}}, folder / "checkpoints" / "best.ckpt")
+        return folder
+
+    default = run_trained_on("default", "tierkit.data.MNIST5kDataModule")
+    fashion = run_trained_on("fashion", "tierkit.data.FashionMNISTDataModule")
+    assert results_name("finetune", data_overrides_of(default)) == "finetune"
+    assert results_name("export", data_overrides_of(fashion)) == "export_fashion_mnist"
+    with pytest.raises(SystemExit, match="no conf/data option"):
+        data_overrides_of(run_trained_on("own", "mypackage.MyData"))
