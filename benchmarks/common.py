@@ -93,6 +93,20 @@ def data_overrides_of(run_dir: Path) -> list[str]:
     return [f"data={options[0]}"]
 
 
+def tier_run_folders(sweep: Path) -> dict[str, Path]:
+    """The folder of each tier's finished run under ``sweep`` (a sweep or a folder of runs), by tier name; exits
+    naming the tiers it lacks."""
+    found = {}
+    for path in sorted(sweep.rglob("metrics.json")):
+        metrics = RunFolder(path.parent).read_metrics()
+        if metrics is not None:
+            found[metrics.tier] = path.parent
+    missing = [tier for tier in TIERS if tier not in found]
+    if missing:
+        raise SystemExit(f"{sweep} holds no finished run of tier(s) {missing}; train them, or give another sweep")
+    return {tier: found[tier] for tier in TIERS}
+
+
 def override_name(base: str, overrides: list[str]) -> str:
     """``base`` followed by each override's value (``student=from_teacher`` -> ``base_from_teacher``), so runs and
     results made with other overrides never overwrite the default's."""

@@ -49,6 +49,7 @@ from benchmarks.common import (
     override_name,
     save_results,
     spread,
+    tier_run_folders,
 )
 from benchmarks.distill_settings import DISTILLATION_GAIN_POINTS
 from benchmarks.latency_floor import floor_ms, mac_rates
@@ -221,15 +222,7 @@ class Built:
 
 def tier_runs(tiers: Path) -> dict[str, dict]:
     """metrics.json of each tier's run under ``tiers`` (a sweep or a folder of runs), by tier name."""
-    found = {}
-    for path in sorted(tiers.rglob("metrics.json")):
-        metrics = RunFolder(path.parent).read_metrics()
-        if metrics is not None:
-            found[metrics.tier] = metrics.to_dict()
-    missing = [tier for tier in TIERS if tier not in found]
-    if missing:
-        sys.exit(f"{tiers} holds no finished run of tier(s) {missing}; train them, or drop --tiers")
-    return found
+    return {tier: RunFolder(folder).read_metrics().to_dict() for tier, folder in tier_run_folders(tiers).items()}
 
 
 def teacher_rows(teacher, datamodule, scratch: Path, mode: Mode, lowend_epochs: int) -> tuple[dict, dict]:

@@ -304,3 +304,38 @@ def test_results_from_an_existing_run_are_named_after_the_data_it_was_trained_on
     assert results_name("export", data_overrides_of(fashion)) == "export_fashion_mnist"
     with pytest.raises(SystemExit, match="no conf/data option"):
         data_overrides_of(run_trained_on("own", "mypackage.MyData"))
+
+
+def test_quantization_lists_each_escalation_step_and_takes_an_existing_sweep_as_trained(tmp_path, monkeypatch):
+    from benchmarks.common import tier_run_folders
+    from benchmarks.quantization import escalation_lines, main
+
+    steps = [
+        {
+            "step": "post-training",
+            "recipe": "minmax, per-channel",
+            "val_acc": 0.9,
+            "drop": 0.012,
+            "bytes": 2048,
+            "meets_budget": False,
+        },
+        {
+            "step": "weight bits",
+            "recipe": "minmax, per-channel, 7-bit weights",
+            "val_acc": 0.908,
+            "drop": 0.004,
+            "bytes": 2048,
+            "meets_budget": True,
+        },
+    ]
+    table = escalation_lines([{"model": "lowend student", "steps": steps}])
+    assert table[2:] == [
+        "| lowend student | post-training | minmax, per-channel | 90.00% | 1.20 | 2.0 KiB | no |",
+        "| lowend student | weight bits | minmax, per-channel, 7-bit weights | 90.80% | 0.40 | 2.0 KiB | yes |",
+    ]
+    with pytest.raises(SystemExit, match=r"no finished run of tier\(s\) \['highend', 'midrange', 'lowend'\]"):
+        tier_run_folders(tmp_path)
+    monkeypatch.setattr("sys.argv", ["quantization", "--sweep", str(tmp_path), "data=fashion_mnist"])
+    with pytest.raises(SystemExit) as refused:
+        main()
+    assert refused.value.code == 2
