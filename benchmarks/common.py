@@ -70,11 +70,17 @@ def save_results(name: str, payload: dict, table_lines: list[str] | None = None,
         print("\n".join(table_lines))
 
 
+def data_option(overrides: list[str]) -> str | None:
+    """The conf/data option the last ``data=`` override picks, or None for the default data."""
+    data = [o.split("=", 1)[1] for o in overrides if o.startswith("data=")]
+    return data[-1] if data else None
+
+
 def results_name(base: str, overrides: list[str]) -> str:
     """``base``, or ``base_<data>`` when the runs use other data than the default, so one dataset's results never
     overwrite another's."""
-    data = [o.split("=", 1)[1] for o in overrides if o.startswith("data=")]
-    return base + (f"_{data[-1]}" if data else "")
+    data = data_option(overrides)
+    return base + (f"_{data}" if data else "")
 
 
 def data_overrides_of(run_dir: Path) -> list[str]:

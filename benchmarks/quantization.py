@@ -31,6 +31,7 @@ from benchmarks.common import (
     SCRATCH_STUDENT,
     TIERS,
     command_line,
+    data_option,
     data_overrides_of,
     describe,
     results_name,
@@ -202,7 +203,7 @@ def main() -> None:
     )
     lines += [
         "",
-        f"Students: {students} (data: {overrides[-1].split('=', 1)[1] if overrides else 'mnist5k'}). INT8 PTQ: "
+        f"Students: {students} (data: {data_option(overrides) or 'mnist5k'}). INT8 PTQ: "
         "ONNX Runtime static quantization, QDQ, per-channel int8 weights (per-tensor in the forced QAT run), uint8 "
         "activations, float biases that ONNX Runtime quantizes when it loads the file, MinMax calibration on 512 "
         "training images. INT8 tuned: the escalation's pick (other calibration, fewer weight bits, layers left in "
