@@ -154,17 +154,25 @@ def measure_and_save(
     save_results(name, result, table(args, result))
 
 
+def add_work_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--work", type=Path, help="keep every finished training here and reuse it when run again")
+
+
 def run_command(command: list[str]) -> None:
     """Run an entry point from the repository root as a user would, echoing the command first."""
     print("$", " ".join(command), flush=True)
     subprocess.run(command, cwd=Path(__file__).resolve().parents[1], check=True)
 
 
-def tiers_and_seeds(doc: str, overrides_help: str = "Hydra overrides for every run") -> argparse.Namespace:
-    """The command line of a benchmark that trains every tier on several seeds."""
+def tiers_and_seeds(
+    doc: str, overrides_help: str = "Hydra overrides for every run", resumable: bool = False
+) -> argparse.Namespace:
+    """The command line of a benchmark that trains every tier on several seeds; ``resumable`` adds ``--work``."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiers", nargs="+", default=list(TIERS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    if resumable:
+        add_work_option(parser)
     parser.add_argument("overrides", nargs="*", help=overrides_help)
     return parser.parse_args()
 

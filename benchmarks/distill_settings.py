@@ -18,6 +18,7 @@ from pathlib import Path
 
 from benchmarks.common import (
     SCRATCH_STUDENT,
+    add_work_option,
     command_line,
     describe,
     finished_or_train,
@@ -77,7 +78,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--temperatures", nargs="+", type=float, default=[2.0, 4.0, 8.0])
     parser.add_argument("--alphas", nargs="+", type=float, default=[0.5, 0.9])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--work", type=Path, help="keep every finished training here and reuse it when run again")
+    add_work_option(parser)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (e.g. data=fashion_mnist)")
     args = parser.parse_args()
     if any(not 0 < a <= 1 for a in args.alphas):

@@ -2,9 +2,10 @@
 tierkit's StructuredPruning (KD recovery), and masked by Lightning's ModelPruning at the same weight
 sparsity. Accuracy over seeds; ONNX Runtime latency at batch 1 on one thread, interleaved.
 
-    python -m benchmarks.pruning [--seeds 1 2 3] [--target 0.5] [-- extra overrides...]
+    python -m benchmarks.pruning [--seeds 1 2 3] [--target 0.5] [--work DIR] [-- extra overrides...]
 
-Writes benchmarks/results/pruning.{json,md} (pruning_<data>.* with a data= override).
+Writes benchmarks/results/pruning.{json,md} (pruning_<data>.* with a data= override). With --work DIR every
+finished training stays in DIR and the same command run again reuses it.
 """
 
 import argparse
@@ -16,7 +17,15 @@ import hydra
 import numpy as np
 
 from benchmarks.baselines import zero_fraction
-from benchmarks.common import SCRATCH_STUDENT, command_line, describe, results_name, save_results, train_with
+from benchmarks.common import (
+    SCRATCH_STUDENT,
+    add_work_option,
+    command_line,
+    describe,
+    finished_or_train,
+    results_name,
+    save_results,
+)
 from tierkit.models.checkpoint import load_student
 from tierkit.onnxio import export_onnx, onnx_accuracy
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
@@ -46,6 +55,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--target", type=float, default=0.5, help="fraction of channels StructuredPruning removes")
     parser.add_argument("--end-epoch", type=int, default=8, help="epoch of the last pruning step (default config)")
+    add_work_option(parser)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = parser.parse_args()
     silence_known_noise()
@@ -56,9 +66,9 @@ def main() -> None:
         for seed in args.seeds:
             sparsity = None
             for variant in VARIANTS:
-                out = Path(tmp) / f"{variant}-{seed}"
+                out = (args.work or Path(tmp)) / f"{variant}-{seed}"
                 variant_overrides = overrides_for(variant, args.target, sparsity, args.end_epoch)
-                metrics = train_with([f"seed={seed}", SCRATCH_STUDENT, *args.overrides, *variant_overrides], out)
+                metrics = finished_or_train([f"seed={seed}", SCRATCH_STUDENT, *args.overrides, *variant_overrides], out)
                 # The last epoch, not the best: ModelPruning's best epoch may predate its pruning.
                 student, config = load_student(metrics["checkpoints"]["last"])
                 shape = tuple(config.data.input_shape)
