@@ -21,7 +21,15 @@ import onnx
 from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 
-from benchmarks.common import RESULTS, SCRATCH_STUDENT, data_overrides_of, describe, results_name, save_results
+from benchmarks.common import (
+    RESULTS,
+    SCRATCH_STUDENT,
+    data_option,
+    data_overrides_of,
+    describe,
+    results_name,
+    save_results,
+)
 from benchmarks.common import run_command as run
 from tierkit.conf import CONFIG_DIR
 from tierkit.onnxio.verify import float_compute_ops
@@ -36,10 +44,10 @@ def graph_signature(path: Path) -> list[tuple]:
     return [tuple(node.op_type for node in graph.node), sorted((i.data_type, tuple(i.dims)) for i in graph.initializer)]
 
 
-def save_shift_preview(path: Path, data_option: list[str]) -> None:
+def save_shift_preview(path: Path, data_overrides: list[str]) -> None:
     """Eight test images of the run's data as trained on (top) and as the camera shift delivers them (bottom)."""
     figure = Figure(figsize=(8, 2.3), dpi=100)
-    for row, overrides in enumerate((data_option, [*data_option, "shift=camera"])):
+    for row, overrides in enumerate((data_overrides, [*data_overrides, "shift=camera"])):
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
             cfg = compose("train", overrides=overrides)
         data = hydra.utils.instantiate(cfg.data)
@@ -49,7 +57,7 @@ def save_shift_preview(path: Path, data_option: list[str]) -> None:
             axes = figure.add_subplot(2, 8, row * 8 + i + 1)
             axes.imshow(image[0], cmap="gray", vmin=0, vmax=1)
             axes.axis("off")
-    name = data_option[0].removeprefix("data=") if data_option else "mnist5k"
+    name = data_option(data_overrides) or "mnist5k"
     figure.suptitle(f"{name} test images: as trained on (top) and through shift=camera (bottom)", fontsize=9)
     figure.savefig(path)
 
