@@ -230,6 +230,34 @@ def test_tier_overrides_name_their_own_tier_runs_and_results():
     assert override_name("tiers", ["model@model.student=mlp"]) == "tiers_mlp"
 
 
+def test_distillation_benchmark_keeps_each_training_in_its_work_folder_and_reports_the_gain(tmp_path, monkeypatch):
+    import sys
+
+    from benchmarks import distillation
+
+    trained, saved = [], {}
+
+    def fake_train(overrides, out):
+        trained.append((out, overrides))
+        kd = "experiment=no_kd" not in overrides
+        seed = int(next(o for o in overrides if o.startswith("seed=")).split("=")[1])
+        student = {"test_acc": (0.92 if kd else 0.91) + seed / 1000, "params": 13_186, "macs": 1, "agreement": 0.9}
+        return {"student": student, "teacher": {"params": 288_170, "macs": 2, "test_acc": 0.94}}
+
+    monkeypatch.setattr(distillation, "finished_or_train", fake_train)
+    monkeypatch.setattr(distillation, "save_results", lambda name, payload, lines: saved.update(name=name, lines=lines))
+    work = tmp_path / "work"
+    argv = ["distillation", "--tiers", "lowend", "--seeds", "1", "2", "--work", str(work), "--", "data=mnist1d"]
+    monkeypatch.setattr(sys, "argv", argv)
+    distillation.main()
+    folders = [work / f"lowend-{mode}-{seed}" for seed in (1, 2) for mode in ("kd", "alone")]
+    assert [out for out, _ in trained] == folders
+    assert all("data=mnist1d" in overrides and "~callbacks.pruning" in overrides for _, overrides in trained)
+    assert saved["name"] == "distillation_mnist1d"
+    assert "| lowend | 13,186 | 1 | 94.00% | 92.15 ± 0.07 | 91.15 ± 0.07 | +1.00 |" in saved["lines"]
+    assert "--work" not in saved["lines"][1] and saved["lines"][-1].endswith("were reused).")
+
+
 def test_distillation_settings_are_chosen_on_validation_and_only_the_choice_meets_the_test_split(monkeypatch):
     from benchmarks import distill_settings
 
