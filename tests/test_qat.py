@@ -293,6 +293,33 @@ def test_export_ships_the_qat_model_as_int8(escalated_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_first_layer_left_in_float_is_what_training_judges_and_export_ships(tmp_path):
+    run = tmp_path / "outputs" / "float-first"
+    budget = ["quantization.max_drop_vs_fp32=1.0", "quantization.float_first_layer=true"]
+    result = run_cli(tmp_path, *QUANT, *budget, f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run / "metrics.json").read_text())["quantization"]
+    assert report["float_layers"] == ["conv0"] and report["path"] == "ptq"
+    assert len(report["ptq"]["float_compute_ops"]) == 1, "only the first convolution runs in float"
+    bits = 7 if needs_reduced_range() else 8
+    out = tmp_path / "exports"
+    quick = ["profiling.hardware=[cpu_2thread]", "profiling.repeats=10", "profiling.operator_runs=5"]
+    exported = run_cli(
+        tmp_path,
+        f"run={run}",
+        f"output_dir={out}",
+        "precisions=[int8]",
+        f"int8_weight_bits=[{bits}]",
+        *quick,
+        script="export.py",
+    )
+    assert exported.returncode == 0, (exported.stdout + exported.stderr)[-3000:]
+    (variant,) = json.loads((out / "manifest.json").read_text())["variants"]
+    assert variant["made_by"] == "training" and variant["sha256"] == report["ptq"]["sha256"]
+    assert variant["float_layers"] == ["conv0"] and len(variant["float_compute_ops"]) == 1
+
+
+@pytest.mark.slow
 def test_generous_budget_ships_ptq_without_qat(tmp_path):
     run = tmp_path / "outputs" / "generous"
     result = run_cli(tmp_path, *QUANT, "quantization.max_drop_vs_fp32=1.0", f"hydra.run.dir={run}")

@@ -133,6 +133,22 @@ def test_mixed_precision_leaves_the_sensitive_layer_in_float_and_the_rest_intege
     assert float_compute_ops(result.best.path) == ["Gemm"]  # gemm1 still runs on an integer kernel
 
 
+def test_escalation_keeps_the_configured_float_layer_and_neither_retries_nor_counts_it(tmp_path, outlier):
+    _, data, fp32, samples = outlier
+    # As with quantization.float_first_layer: the configured recipe already leaves a layer in float.
+    start = Recipe("minmax", per_channel=False, float_layers=["gemm1"])
+    start_acc = val_acc(quantize_int8(fp32, tmp_path / "ptq.onnx", samples, 32, per_channel=False), data)
+    calibrated = escalate_ptq(
+        fp32, tmp_path / "a.onnx", samples, data, start, start_acc, 1.0, 0.02, False, 32, [], ["minmax"], 1
+    )
+    assert calibrated.best.recipe == Recipe("minmax", per_channel=True, float_layers=["gemm1"])
+    mixed = escalate_ptq(
+        fp32, tmp_path / "b.onnx", samples, data, start, start_acc, 1.0, 0.02, False, 32, ["gemm1", "gemm0"], [], 1
+    )
+    assert mixed.best.recipe.float_layers == ["gemm1", "gemm0"]
+    assert [step["step"] for step in mixed.steps] == ["mixed precision"]
+
+
 def test_escalation_that_finds_nothing_better_keeps_no_file(tmp_path, outlier):
     _, data, fp32, samples = outlier
     start = Recipe("minmax", per_channel=False)

@@ -82,6 +82,8 @@ class QuantizationReport:
     source_checkpoint: str | None = None
     # Calibration settings and the digest of the samples, so export can tell whether it would make the same file.
     calibration: dict[str, Any] | None = None
+    # The layers post-training INT8 left in float as configured (quantization.float_first_layer).
+    float_layers: list[str] = field(default_factory=list)
     fp32: OnnxScores | None = None
     fp16: OnnxScores | None = None
     ptq: OnnxScores | None = None

@@ -180,6 +180,7 @@ class QuantizationSchema:
     calibration: CalibrationSchema = field(default_factory=CalibrationSchema)
     reduce_range: bool | None = setting("7-bit weights (x86 without VNNI); null: from this CPU's flags")
     per_channel: bool = setting("one weight scale per output channel")
+    float_first_layer: bool = setting("post-training INT8 leaves the layer that reads the input in float")
     sensitivity: SensitivitySchema = field(default_factory=SensitivitySchema)
     escalation: EscalationSchema = field(default_factory=EscalationSchema)
     qat: QatStageSchema = field(default_factory=QatStageSchema)

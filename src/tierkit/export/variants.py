@@ -20,7 +20,7 @@ from tierkit.onnxio import export_onnx, max_output_difference, onnx_accuracy
 from tierkit.onnxio.verify import check_onnx, float_compute_ops
 from tierkit.profile import ort_session
 from tierkit.quant import calibration_samples, convert_fp16, quantize_int8
-from tierkit.quant.ptq import samples_digest
+from tierkit.quant.ptq import first_layer, samples_digest
 from tierkit.quant.qdq import export_qat_onnx
 from tierkit.run_folder import QuantizationReport, RunFolder
 from tierkit.runtime import sha256_of
@@ -127,7 +127,8 @@ class TrainedFiles:
             return None, f"training made its {key} file from {made_from}, export loads {loaded.name}"
         if settings is not None:
             recorded = {"reduce_range": report.reduce_range, "per_channel": report.per_channel}
-            recorded["calibration"], recorded["float_layers"], recorded["int16_layers"] = report.calibration, [], []
+            recorded["calibration"], recorded["int16_layers"] = report.calibration, []
+            recorded["float_layers"] = list(report.float_layers)
             if scores.recipe is not None:  # a tuned file: its own calibration method, scales and mixed precision
                 recorded["calibration"] = {**(report.calibration or {}), "method": scores.recipe["method"]}
                 recorded["per_channel"] = scores.recipe["per_channel"]
@@ -241,7 +242,10 @@ def int8_files(
     if tuned is not None:
         run_calibration = OmegaConf.merge(run_calibration, {"method": tuned["method"]})
         run_per_channel = tuned["per_channel"]
-    float_layers = list(tuned["float_layers"]) if tuned is not None else []
+    if tuned is not None:
+        float_layers = list(tuned["float_layers"])
+    else:
+        float_layers = first_layer(fp32) if run.config.quantization.get("float_first_layer") else []
     int16_layers = list(tuned.get("int16_layers", [])) if tuned is not None else []
     per_channel = bool(run_per_channel if cfg.per_channel is None else cfg.per_channel)
     calibration = export_calibration(cfg.calibration, run_calibration)

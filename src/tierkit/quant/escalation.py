@@ -95,7 +95,7 @@ def calibration_recipes(start: Recipe, methods: list[str]) -> list[Recipe]:
             fix=f"choose from {', '.join(CALIBRATION_METHODS)}",
         )
     scales = dict.fromkeys([start.per_channel, True])
-    recipes = [Recipe(method, per_channel) for per_channel in scales for method in methods]
+    recipes = [Recipe(method, per_channel, list(start.float_layers)) for per_channel in scales for method in methods]
     return [r for r in recipes if (r.method, r.per_channel) != (start.method, start.per_channel)]
 
 
@@ -162,8 +162,10 @@ def escalate_ptq(
                 best = candidate
         kept = best.recipe if best else start
         kept_acc = best.val_acc if best else start_val_acc
-        for layer in ranking[: 2 * max_float_layers]:
-            if met(best) or len(kept.higher_precision_layers()) >= max_float_layers:
+        # Layers the configured recipe keeps in float already (float_first_layer) are neither tried nor counted.
+        candidates = [layer for layer in ranking if layer not in start.float_layers]
+        for layer in candidates[: 2 * max_float_layers]:
+            if met(best) or len(kept.higher_precision_layers()) - len(start.float_layers) >= max_float_layers:
                 break
             for precision in precisions:
                 candidate = measure(kept.with_layer(layer, precision), "mixed precision")

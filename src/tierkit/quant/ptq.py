@@ -105,6 +105,12 @@ def label_layers(model: onnx.ModelProto) -> list[str]:
     return layers
 
 
+def first_layer(fp32_path: str | Path) -> list[str]:
+    """The name ``label_layers`` gives the first weighted layer of a float file (``conv0``), as a ``float_layers``
+    list; empty for a model without weighted layers."""
+    return label_layers(onnx.load(str(fp32_path)))[:1]
+
+
 def prepare_for_quantization(fp32_path: str | Path, out_path: Path) -> list[str]:
     """Write ``fp32_path`` with its layers named and ONNX Runtime's pre-processing applied (shape inference,
     constant folding) to ``out_path``; returns the weighted layers' names."""

@@ -25,7 +25,7 @@ from tierkit.prune import StructuredPruning
 from tierkit.quant.callback import QuantizationAwareTraining
 from tierkit.quant.escalation import Recipe, escalate_ptq, step_record, within_budget
 from tierkit.quant.layer_analysis import SensitivityReport, analyse_layers
-from tierkit.quant.ptq import calibration_samples, convert_fp16, quantize_int8, samples_digest
+from tierkit.quant.ptq import calibration_samples, convert_fp16, first_layer, quantize_int8, samples_digest
 from tierkit.quant.qdq import export_qat_onnx
 from tierkit.quant.sensitivity_files import headline, sensitive_layers, write_sensitivity
 from tierkit.run_folder import OnnxScores, QuantizationReport, RunFolder
@@ -135,6 +135,7 @@ def quantize_student(
     calibration = settings.calibration
     samples = calibration_samples(datamodule, calibration.samples, calibration.batch_size, calibration.seed)
     report.calibration = {**OmegaConf.to_container(calibration), "sha256": samples_digest(samples)}
+    report.float_layers = first_layer(fp32) if settings.get("float_first_layer") else []
     ptq = quantize_int8(
         fp32,
         out / "int8_ptq.onnx",
@@ -143,11 +144,12 @@ def quantize_student(
         calibration.method,
         reduce_range,
         per_channel=settings.per_channel,
+        float_layers=report.float_layers,
     )
     report.ptq = onnx_scores(ptq, datamodule, reference=report.fp32)
     report.ptq.float_compute_ops = float_compute_ops(ptq)
     ptq_drop = report.ptq.drop
-    configured = Recipe(calibration.method, bool(settings.per_channel))
+    configured = Recipe(calibration.method, bool(settings.per_channel), list(report.float_layers))
     report.steps.append(scores_step("post-training", configured.describe(), report.ptq, budget))
     ptq_missed = not within_budget(ptq_drop, budget)
     missed = resume_qat is not None or ptq_missed
