@@ -12,6 +12,7 @@ from tierkit.onnxio import export_onnx, onnx_accuracy
 from tierkit.onnxio.verify import float_compute_ops
 from tierkit.profile import ort_session
 from tierkit.quant import calibration_samples, convert_fp16, quantize_int8
+from tierkit.quant.ptq import first_layer
 from tierkit.runtime.cpu import needs_reduced_range
 
 SHAPE = (1, 16, 16)
@@ -52,6 +53,18 @@ def test_per_tensor_int8_has_one_weight_scale_per_layer_and_integer_kernels(tmp_
     assert float_compute_ops(per_tensor) == []
     per_channel = quantize_int8(fp32, tmp_path / "int8_pc.onnx", samples, batch_size=16)
     assert per_tensor.stat().st_size < per_channel.stat().st_size
+
+
+@pytest.mark.parametrize("build", [partial(SmallCNN, width=0.5), partial(MLP, hidden=(16,))], ids=["cnn", "mlp"])
+def test_the_first_layer_left_in_float_is_the_one_reading_the_input(tmp_path, build):
+    data = _data()
+    fp32 = export_onnx(build(SHAPE, 4).eval(), tmp_path / "fp32.onnx", SHAPE)
+    (layer,) = first_layer(fp32)
+    int8 = quantize_int8(fp32, tmp_path / "int8.onnx", calibration_samples(data, 64, 16), 16, float_layers=[layer])
+    graph = onnx.load(str(int8)).graph
+    readers = [node.op_type for node in graph.node if graph.input[0].name in node.input]
+    assert "QuantizeLinear" not in readers, "the input reaches the float layer unrounded"
+    assert len(float_compute_ops(int8)) == 1
 
 
 def test_fp16_keeps_float32_io_and_halves_weights(tmp_path):
