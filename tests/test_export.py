@@ -393,3 +393,51 @@ def test_export_ships_the_tuned_file_training_judged(tmp_path):
     paths, facts = variant_files(run, run.student, cfg, tmp_path / "out", data)
     assert facts["int8"]["made_by"] == "training" and facts["int8"]["training_file"] == "int8_tuned.onnx"
     assert paths["int8"].read_bytes() == tuned.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("trained_first", "asked", "float_layers", "made_by"),
+    [
+        (False, None, [], "training"),
+        (False, True, ["conv0"], "export"),
+        (True, None, ["conv0"], "training"),
+        (True, False, [], "export"),
+    ],
+    ids=["as-trained", "export-adds-it", "trained-with-it", "export-removes-it"],
+)
+def test_export_leaves_the_first_layer_in_float_as_the_run_did_unless_told_otherwise(
+    tmp_path, trained_first, asked, float_layers, made_by
+):
+    shape = (1, 16, 16)
+    data = SyntheticDataModule(input_shape=list(shape), num_classes=4, mean=[0.5], std=[0.3], num_samples=64)
+    data.setup()
+    torch.manual_seed(0)
+    quantization = {"per_channel": True, "calibration": CALIBRATION, "float_first_layer": trained_first}
+    config = OmegaConf.create({"data": {"input_shape": list(shape)}, "quantization": quantization})
+    run = Run(tmp_path, SmallCNN(shape, 4, width=0.5).eval(), config)
+    folder = RunFolder(tmp_path)
+    fp32 = export_onnx(run.student, folder.quantization / "fp32.onnx", shape)
+    samples = calibration_samples(data, CALIBRATION["samples"], CALIBRATION["batch_size"], CALIBRATION["seed"])
+    trained_layers = ["conv0"] if trained_first else []
+    ptq = quantize_int8(fp32, folder.quantization / "int8_ptq.onnx", samples, 16, float_layers=trained_layers)
+    report = QuantizationReport(
+        max_drop_vs_fp32=0.01,
+        reduce_range=False,
+        per_channel=True,
+        source_checkpoint="checkpoints/best.ckpt",
+        calibration={**CALIBRATION, "sha256": samples_digest(samples)},
+        float_layers=trained_layers,
+        fp32=OnnxScores("fp32.onnx", fp32.stat().st_size, 0.9, 0.9, sha256=sha256_of(fp32)),
+        ptq=OnnxScores("int8_ptq.onnx", ptq.stat().st_size, 0.9, 0.9, sha256=sha256_of(ptq)),
+    )
+    student = ModelSummary("SmallCNN", 0.9, params=1, macs=1, size_bytes=1)
+    folder.write_metrics(
+        RunMetrics(tier="lowend", seed=0, epochs=1, student=student, checkpoints={}, quantization=report)
+    )
+    cfg = _export_cfg([8], per_channel=None)
+    cfg.float_first_layer = asked
+    paths, facts = variant_files(run, run.student, cfg, tmp_path / "out", data)
+    assert facts["int8"]["float_layers"] == float_layers and facts["int8"]["made_by"] == made_by
+    assert len(float_compute_ops(paths["int8"])) == len(float_layers)
+    if made_by == "export":
+        assert "float_layers" in facts["int8"]["remade_because"]

@@ -278,6 +278,7 @@ class ExportSchema:
     int8_weight_bits: Any = setting("INT8 weight ranges, a file each", choices=(8, 7), nonempty=True)
     reduce_range: bool | None = setting("deprecated: true means int8_weight_bits=[7], false [8]")
     per_channel: bool | None = setting("one weight scale per output channel; null: each run's own")
+    float_first_layer: bool | None = setting("post-training INT8 leaves the first layer in float; null: each run's own")
     profiling: ProfilingSchema = field(default_factory=ProfilingSchema)
     wandb: ExportWandbSchema = field(default_factory=ExportWandbSchema)
     paths: PathsSchema = field(default_factory=PathsSchema)
