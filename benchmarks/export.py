@@ -1,17 +1,19 @@
 """The deployable set end to end: a 3-tier sweep, exported, checked against the tier budgets, and the
 runtime's choice for three described devices.
 
-    python -m benchmarks.export [--sweep multirun/DATE/TIME] [-- overrides...]
+    python -m benchmarks.export [--sweep multirun/DATE/TIME] [--export-overrides SETTING ...] [-- overrides...]
 
 Without --sweep it first runs `python train.py -m tier=highend,midrange,lowend` with the overrides (about 5
 minutes on 2 cores on mnist5k). Then it runs `python export.py run=<sweep>`, whose profiler times every model
 interleaved under every hardware setting, and reads the figures from the manifest. Writes
 benchmarks/results/export.{json,md} and benchmarks/results/export_pareto.png, named export_<data> when the
-sweep was trained on other data than the default (read from its checkpoints, so a given --sweep is named too).
+sweep was trained on other data than the default (read from its checkpoints, so a given --sweep is named too),
+followed by any --export-overrides.
 """
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -49,6 +51,10 @@ DEVICES = {
 }
 
 
+def setting_slug(override: str) -> str:
+    return re.sub(r"[^\w-]+", "-", override)
+
+
 def reference_row(entry: dict) -> dict:
     return next(r for r in entry["latency"] if (r["hardware"], r["graph_optimization_level"]) == REFERENCE)
 
@@ -56,6 +62,9 @@ def reference_row(entry: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", type=Path, help="an existing 3-tier sweep folder to export instead of training")
+    parser.add_argument(
+        "--export-overrides", nargs="+", default=[], help="settings for export.py (float_first_layer=true)"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the sweep this trains (not with --sweep)")
     args = parser.parse_args()
     if args.sweep and args.overrides:
@@ -76,7 +85,7 @@ def main() -> None:
             ]
         )
     out = scratch / "export"
-    run([sys.executable, "export.py", f"run={sweep}", f"output_dir={out}"])
+    run([sys.executable, "export.py", f"run={sweep}", f"output_dir={out}", *args.export_overrides])
     manifest = load_manifest(out / "manifest.json")
     teacher = manifest["teacher"]
     shipped = {v["tier"]: v for v in manifest["variants"] if v["ships"]}
@@ -146,7 +155,8 @@ def main() -> None:
             f"at batch 1 on one thread (target >= 5x), {lowend['drop_points']:.2f} points lost (target <= 1).",
         ]
     a_run = next(sweep.glob("*/checkpoints/best.ckpt")).parents[1]  # the sweep's runs share one data option
-    name = results_name("export", data_overrides_of(a_run))
+    # Export settings name their own results: export_<data>_float_first_layer-true.
+    name = "_".join([results_name("export", data_overrides_of(a_run)), *map(setting_slug, args.export_overrides)])
     shutil.copy(out / "pareto.png", RESULTS / f"{name}_pareto.png")
     save_results(
         name,
