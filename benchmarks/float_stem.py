@@ -25,7 +25,7 @@ from tierkit.conf import CONFIG_DIR
 from tierkit.onnxio import onnx_accuracy
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
 from tierkit.quant import calibration_samples, quantize_int8
-from tierkit.quant.ptq import WEIGHTED_OPS, label_layers
+from tierkit.quant.ptq import WEIGHTED_OPS, first_layer
 from tierkit.run_folder import RunFolder
 from tierkit.runtime.cpu import needs_reduced_range
 from tierkit.utils.noise import silence_known_noise
@@ -33,13 +33,12 @@ from tierkit.utils.noise import silence_known_noise
 VARIANTS = ("fp32", "int8, every layer", "int8, first layer float")
 
 
-def first_layer(fp32: Path) -> tuple[str, int]:
-    """The name quantization gives the first weighted layer, and how many input channels its weight has."""
-    model = onnx.load(str(fp32))
-    layers = label_layers(model)
-    weights = {init.name: list(init.dims) for init in model.graph.initializer}
-    node = next(node for node in model.graph.node if node.op_type in WEIGHTED_OPS)
-    return layers[0], weights[node.input[1]][1]
+def first_layer_inputs(fp32: Path) -> int:
+    """How many input channels (features) the weight of the model's first weighted layer has."""
+    graph = onnx.load(str(fp32)).graph
+    weights = {init.name: list(init.dims) for init in graph.initializer}
+    node = next(node for node in graph.node if node.op_type in WEIGHTED_OPS)
+    return weights[node.input[1]][1]
 
 
 def main() -> None:
@@ -63,7 +62,7 @@ def main() -> None:
             calibration = compose("train", overrides=overrides).quantization.calibration
         samples = calibration_samples(datamodule, calibration.samples, calibration.batch_size, calibration.seed)
         for model, fp32 in models.items():
-            layer, channels = first_layer(fp32)
+            (layer,), channels = first_layer(fp32), first_layer_inputs(fp32)
             files = {"fp32": fp32}
             for variant, float_layers in ((VARIANTS[1], []), (VARIANTS[2], [layer])):
                 path = scratch / f"{model}-{len(float_layers)}.onnx"
