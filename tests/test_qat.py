@@ -1,11 +1,13 @@
 """Quantization-aware training: quantizer placement, integer kernels in ONNX Runtime, stages, escalation, reload."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from hydra.utils import instantiate
 from torch import nn
 
 from tierkit.conf.validate import check_qat_stage, validate_train_config
@@ -18,6 +20,7 @@ from tierkit.models.qat import (
     freeze_batch_norm,
     is_prepared,
     prepare_qat,
+    qat_settings,
     qat_stage,
     set_qat_stage,
 )
@@ -34,7 +37,11 @@ SHAPE = (1, 16, 16)
 
 
 def _calibrated(
-    model: nn.Module, batches: int = 3, per_channel: bool = True, reduce_range: bool | None = None
+    model: nn.Module,
+    batches: int = 3,
+    per_channel: bool = True,
+    reduce_range: bool | None = None,
+    float_first_layer: bool = False,
 ) -> nn.Module:
     """Prepared and run through the activation stage, then frozen: an exportable QAT model.
 
@@ -42,7 +49,9 @@ def _calibrated(
     ONNX Runtime here and PyTorch do the same integer arithmetic; tests/test_kernel_emulation.py covers the rest.
     """
     reduce_range = needs_reduced_range() if reduce_range is None else reduce_range
-    prepared = prepare_qat(model, per_channel=per_channel, reduce_range=reduce_range)
+    prepared = prepare_qat(
+        model, per_channel=per_channel, reduce_range=reduce_range, float_first_layer=float_first_layer
+    )
     set_qat_stage(prepared, "activations")
     prepared.train()
     for _ in range(batches):
@@ -102,6 +111,48 @@ def test_qat_export_is_qdq_with_int8_weights_and_runs_on_integer_kernels(tmp_pat
     top_two = np.sort(expected, axis=1)[:, -2:]
     clear = top_two[:, 1] - top_two[:, 0] > 4 * step
     assert (actual.argmax(1) == expected.argmax(1))[clear].all()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [lambda: SmallCNN(SHAPE, 4, width=0.5), lambda: MobileNetV2(SHAPE, 4, width=0.25), lambda: MLP(SHAPE, 4)],
+    ids=["cnn", "mobilenetv2", "mlp"],
+)
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
+def test_qat_can_leave_the_first_layer_float_as_post_training_int8_does(tmp_path, build, per_channel):
+    torch.manual_seed(0)
+    model = build()
+    prepared = _calibrated(model, per_channel=per_channel, float_first_layer=True)
+    assert qat_settings(prepared)["float_first_layer"] is True
+    rebuilt = prepare_qat(build(), **qat_settings(prepared))
+    assert qat_settings(rebuilt) == qat_settings(prepared)
+    assert rebuilt.state_dict().keys() == prepared.state_dict().keys(), "a checkpoint reloads into the same model"
+
+    path = export_qat_onnx(prepared, tmp_path / "int8.onnx", SHAPE)
+    graph = onnx.load(str(path)).graph
+    floats = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    compute = [node for node in graph.node if node.op_type in ("Conv", "Gemm", "MatMul")]
+    assert compute[0].input[1] in floats and all(node.input[1] not in floats for node in compute[1:])
+    assert len(float_compute_ops(path)) == 1, "the first layer, and only it, runs in float"
+    assert not [node for node in graph.node if node.op_type == "QuantizeLinear" and "input" in node.input]
+    int8_weights = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) > 1]
+    assert len(int8_weights) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules()) - 1
+    x = torch.randn(16, *SHAPE)
+    with torch.no_grad():
+        expected = prepared(x).numpy()
+    actual = ort_session(path).run(None, {"input": x.numpy()})[0]
+    logits_quantizer = prepared.get_submodule(next(n for n in prepared.graph.nodes if n.op == "output").args[0].target)
+    assert np.abs(actual - expected).max() <= 2.01 * float(logits_quantizer.qparams()[0])
+
+
+def test_the_qat_stage_configured_with_float_first_layer_prepares_the_student_so(tmp_path):
+    cfg = compose_train(tmp_path, "quantization.float_first_layer=true", "quantization.reduce_range=false")
+    callback = instantiate(cfg.quantization.qat.callback)
+    module = SimpleNamespace(student=SmallCNN(SHAPE, 4, width=0.5), log=lambda *args, **kwargs: None)
+    trainer = SimpleNamespace(current_epoch=0, is_global_zero=True, strategy=None, checkpoint_callbacks=[])
+    callback.on_train_epoch_start(trainer, module)
+    assert qat_stage(module.student) == "weights"
+    assert qat_settings(module.student)["float_first_layer"] is True
 
 
 def test_per_tensor_qat_rounds_each_weight_on_the_grid_export_gives_its_folded_weight():
@@ -293,14 +344,16 @@ def test_export_ships_the_qat_model_as_int8(escalated_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_first_layer_left_in_float_is_what_training_judges_and_export_ships(tmp_path):
+@pytest.mark.parametrize(
+    ("path", "budget"), [("ptq", ["quantization.max_drop_vs_fp32=1.0"]), ("qat", FORCE_QAT)], ids=["ptq", "qat"]
+)
+def test_the_first_layer_left_in_float_is_what_training_judges_and_export_ships(tmp_path, path, budget):
     run = tmp_path / "outputs" / "float-first"
-    budget = ["quantization.max_drop_vs_fp32=1.0", "quantization.float_first_layer=true"]
-    result = run_cli(tmp_path, *QUANT, *budget, f"hydra.run.dir={run}")
+    result = run_cli(tmp_path, *QUANT, *budget, "quantization.float_first_layer=true", f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((run / "metrics.json").read_text())["quantization"]
-    assert report["float_layers"] == ["conv0"] and report["path"] == "ptq"
-    assert len(report["ptq"]["float_compute_ops"]) == 1, "only the first convolution runs in float"
+    assert report["float_layers"] == ["conv0"] and report["path"] == path
+    assert len(report[path]["float_compute_ops"]) == 1, "only the first convolution runs in float"
     bits = 7 if needs_reduced_range() else 8
     out = tmp_path / "exports"
     quick = ["profiling.hardware=[cpu_2thread]", "profiling.repeats=10", "profiling.operator_runs=5"]
@@ -315,8 +368,12 @@ def test_the_first_layer_left_in_float_is_what_training_judges_and_export_ships(
     )
     assert exported.returncode == 0, (exported.stdout + exported.stderr)[-3000:]
     (variant,) = json.loads((out / "manifest.json").read_text())["variants"]
-    assert variant["made_by"] == "training" and variant["sha256"] == report["ptq"]["sha256"]
-    assert variant["float_layers"] == ["conv0"] and len(variant["float_compute_ops"]) == 1
+    assert variant["made_by"] == "training" and variant["sha256"] == report[path]["sha256"]
+    assert (
+        variant["int8_method"] == path
+        and variant["float_layers"] == ["conv0"]
+        and len(variant["float_compute_ops"]) == 1
+    )
 
 
 @pytest.mark.slow

@@ -275,7 +275,12 @@ def int8_files(
                 target,
                 lambda path: export_qat_onnx(qat_student, path, shape),
             )
-            facts[key].update(int8_method="qat", reduce_range=bits < 8, per_channel=qat_settings_used["per_channel"])
+            facts[key].update(
+                int8_method="qat",
+                reduce_range=bits < 8,
+                per_channel=qat_settings_used["per_channel"],
+                float_layers=first_layer(fp32) if qat_settings_used["float_first_layer"] else [],
+            )
         else:
             settings = {"reduce_range": bits < 8, "per_channel": per_channel, "calibration": recorded_calibration}
             settings["float_layers"], settings["int16_layers"] = float_layers, int16_layers

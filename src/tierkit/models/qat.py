@@ -120,13 +120,23 @@ def _untraceable(model: nn.Module, exc: Exception) -> TierkitError:
     )
 
 
+def _first_compute(gm: fx.GraphModule) -> fx.Node | None:
+    return next((node for node in gm.graph.nodes if _is_compute(gm, node)), None)
+
+
 def prepare_qat(
-    model: nn.Module, reduce_range: bool = False, momentum: float = 0.01, per_channel: bool = True
+    model: nn.Module,
+    reduce_range: bool = False,
+    momentum: float = 0.01,
+    per_channel: bool = True,
+    float_first_layer: bool = False,
 ) -> fx.GraphModule:
     """``model`` traced, with fake quantizers in place, all disabled (stage "float").
 
     The original parameters (same objects, same names) are kept, so optimizers and float checkpoints still fit.
     ``per_channel=False`` gives each weight one scale, which the exported file stores per tensor.
+    ``float_first_layer`` leaves the first Conv/Linear and its input in float, as post-training INT8 does with
+    ``quantization.float_first_layer``: only its output is quantized, for the layer after it.
     """
     if is_prepared(model):
         return model
@@ -135,8 +145,11 @@ def prepare_qat(
     except Exception as exc:
         raise _untraceable(model, exc) from exc
     graph = gm.graph
+    kept_float = _first_compute(gm) if float_first_layer else None
     for node in list(graph.nodes):
         module = _module(gm, node)
+        if node is kept_float:
+            continue
         if isinstance(module, (nn.Conv2d, nn.Linear)) and not isinstance(module, (QuantConv2d, QuantLinear)):
             parent, _, name = node.target.rpartition(".")
             setattr(
@@ -161,7 +174,7 @@ def prepare_qat(
         return name
 
     for node in list(graph.nodes):
-        if node.op == "placeholder":
+        if node.op == "placeholder" and kept_float is None:
             quantize_after(node)
         elif _is_compute(gm, node) or _is(gm, node, (), _ADDS):
             end = _chain_end(gm, node)
@@ -171,7 +184,7 @@ def prepare_qat(
             quantize_after(node)
 
     for node in list(graph.nodes):
-        if not _is_compute(gm, node):
+        if not _is_compute(gm, node) or node is kept_float:
             continue
         source = node.args[0]
         if source in quantizer_of:
@@ -200,7 +213,7 @@ def _pass_fold_factors(gm: fx.GraphModule) -> None:
     folded weight."""
     for node in list(gm.graph.nodes):
         users = list(node.users)
-        if not (_is(gm, node, (nn.Conv2d,)) and len(users) == 1 and _is(gm, users[0], (nn.BatchNorm2d,))):
+        if not (_is(gm, node, (QuantConv2d,)) and len(users) == 1 and _is(gm, users[0], (nn.BatchNorm2d,))):
             continue
         with gm.graph.inserting_before(node):
             norm = gm.graph.get_attr(users[0].target)
@@ -225,7 +238,13 @@ def qat_settings(model: nn.Module) -> dict[str, float | bool] | None:
     activation = next(activation_quantizers(model), None)
     if weight is None or activation is None:
         return None
-    return {"reduce_range": weight.reduce_range, "momentum": activation.momentum, "per_channel": weight.per_channel}
+    first = _first_compute(model) if isinstance(model, fx.GraphModule) else None
+    return {
+        "reduce_range": weight.reduce_range,
+        "momentum": activation.momentum,
+        "per_channel": weight.per_channel,
+        "float_first_layer": first is not None and not isinstance(_module(model, first), (QuantConv2d, QuantLinear)),
+    }
 
 
 def qat_stage(model: nn.Module) -> str:

@@ -51,6 +51,7 @@ class QuantizationAwareTraining(Callback):
         reduce_range: bool | None = None,
         observer_momentum: float = 0.01,
         per_channel: bool = True,
+        float_first_layer: bool = False,
     ):
         super().__init__()
         if not 0 <= start_epoch <= activations_epoch <= freeze_epoch:
@@ -77,6 +78,7 @@ class QuantizationAwareTraining(Callback):
         self.reduce_range = needs_reduced_range() if reduce_range is None else bool(reduce_range)
         self.observer_momentum = observer_momentum
         self.per_channel = per_channel
+        self.float_first_layer = float_first_layer
         self.stage = "float"
         self.history: list[dict[str, Any]] = []
 
@@ -105,7 +107,7 @@ class QuantizationAwareTraining(Callback):
         if stage != "float" and not is_prepared(pl_module.student):
             # The quantized layers share the float layers' parameters, so the optimizer and its state carry on.
             pl_module.student = prepare_qat(
-                pl_module.student, self.reduce_range, self.observer_momentum, self.per_channel
+                pl_module.student, self.reduce_range, self.observer_momentum, self.per_channel, self.float_first_layer
             )
             rewrap_distributed(trainer)
         if is_prepared(pl_module.student) and qat_stage(pl_module.student) != stage:

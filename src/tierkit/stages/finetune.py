@@ -154,7 +154,12 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     if quantization:  # keep the grids and batch-norm statistics the source run froze
         callbacks.append(
             QuantizationAwareTraining(
-                0, 0, 0, reduce_range=quantization["reduce_range"], per_channel=quantization["per_channel"]
+                0,
+                0,
+                0,
+                reduce_range=quantization["reduce_range"],
+                per_channel=quantization["per_channel"],
+                float_first_layer=quantization["float_first_layer"],
             )
         )
     loggers = instantiate_loggers(cfg.get("logger"))
