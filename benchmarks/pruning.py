@@ -44,7 +44,7 @@ def overrides_for(variant: str, target: float, sparsity: float | None, end_epoch
         "+callbacks.model_pruning._target_=lightning.pytorch.callbacks.ModelPruning",
         "+callbacks.model_pruning.pruning_fn=l1_unstructured",
         f"+callbacks.model_pruning.amount={sparsity}",
-        "+callbacks.model_pruning.apply_pruning._target_=baselines.PruneOnceAt",
+        "+callbacks.model_pruning.apply_pruning._target_=benchmarks.baselines.PruneOnceAt",
         f"+callbacks.model_pruning.apply_pruning.epoch={end_epoch}",
         "+callbacks.model_pruning.verbose=0",
     ]

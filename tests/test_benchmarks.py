@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from benchmarks.memory import MAX_GROWTH, MAX_SLOPE_MIB_PER_EPOCH
+from tierkit.conf.validate import validate_train_config
 
-from conftest import REPO
+from conftest import REPO, compose_train
 
 COMPARE = "benchmarks.compare"
 MEMORY = "benchmarks.memory"
@@ -228,6 +229,15 @@ def test_tier_overrides_name_their_own_tier_runs_and_results():
     assert override_name("tiers", overrides) == "tiers_from_teacher_budget"
     assert override_name("compare_fashion_mnist", []) == "compare_fashion_mnist"
     assert override_name("tiers", ["model@model.student=mlp"]) == "tiers_mlp"
+
+
+def test_every_pruning_benchmark_variant_is_a_valid_training_config(tmp_path):
+    from benchmarks.common import SCRATCH_STUDENT
+    from benchmarks.pruning import VARIANTS, overrides_for
+
+    for variant in VARIANTS:
+        cfg = compose_train(tmp_path, SCRATCH_STUDENT, *overrides_for(variant, 0.5, 0.6, 8))
+        validate_train_config(cfg)
 
 
 def test_distillation_benchmark_keeps_each_training_in_its_work_folder_and_reports_the_gain(tmp_path, monkeypatch):
