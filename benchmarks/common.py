@@ -184,7 +184,16 @@ def command_line(module: str, *options: str, overrides: Sequence[str] = ()) -> s
 
 
 def spread(values: list[float], scale: float = 100, digits: int = 2) -> str:
-    """Mean ± sample standard deviation (0 for one value), scaled (100: fractions shown as percent)."""
+    """Mean ± sample standard deviation, scaled (100: fractions shown as percent); one value alone, since one seed
+    has no spread to show."""
     mean = scale * statistics.mean(values)
-    sd = scale * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
+
+
+def over_seeds(seeds: Sequence[int]) -> str:
+    """How a table's footnote names its seeds: "seed 1" or "mean ± sd over seeds 1, 2, 3"."""
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    return f"mean ± sd over seeds {', '.join(map(str, seeds))}"

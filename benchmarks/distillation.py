@@ -17,6 +17,7 @@ from benchmarks.common import (
     command_line,
     describe,
     finished_or_train,
+    over_seeds,
     results_name,
     save_results,
     spread,
@@ -85,7 +86,7 @@ def main() -> None:
     lines += [
         "",
         f"Teacher: {teacher['teacher_params']:,} params, {teacher['teacher_macs']:,} MACs. "
-        f"Mean ± sample standard deviation over seeds {', '.join(map(str, args.seeds))} (the same seeds with and "
+        f"{over_seeds(args.seeds).capitalize()} (the same seeds with and "
         f"without KD); {len(args.seeds) * len(args.tiers) * 2} runs, this command {time.perf_counter() - started:.0f} s"
         + (" (runs an earlier command finished in --work were reused)." if args.work else "."),
     ]

@@ -23,8 +23,10 @@ from benchmarks.common import (
     command_line,
     describe,
     finished_or_train,
+    over_seeds,
     results_name,
     save_results,
+    spread,
 )
 from tierkit.models.checkpoint import load_student
 from tierkit.onnxio import export_onnx, onnx_accuracy
@@ -116,19 +118,18 @@ def main() -> None:
         acc = [m["ort_test_acc"] for m in runs[variant]]
         latency = mean(variant, lambda m: m["latency_ms_p50"])
         macs = mean(variant, lambda m: m["student"]["macs"])
-        sd = 100 * statistics.stdev(acc) if len(acc) > 1 else 0.0
         lines.append(
             f"| {names[variant]} | {runs[variant][0]['student']['params']:,} | {int(macs):,} "
             f"| {100 * mean(variant, lambda m: m['weight_zero_fraction']):.0f}% "
             f"| {mean(variant, lambda m: m['onnx_bytes']) / 1024:.0f} KiB | {latency:.4f} "
             f"| {base_latency / latency:.2f}x "
-            f"| {base_macs / macs:.2f}x | {100 * statistics.mean(acc):.2f} ± {sd:.2f} "
+            f"| {base_macs / macs:.2f}x | {spread(acc)} "
             f"| {100 * (statistics.mean(acc) - statistics.mean(base_acc)):+.2f} |"
         )
     lines += [
         "",
         f"Each run's last checkpoint, exported to ONNX; accuracy is measured in ONNX Runtime on the test split, "
-        f"mean ± sd over seeds {', '.join(map(str, args.seeds))}. Latency is the median of interleaved ONNX Runtime "
+        f"{over_seeds(args.seeds)}. Latency is the median of interleaved ONNX Runtime "
         "runs (batch 1, one thread, all graph optimizations), averaged over the seeds' models.",
     ]
     save_results(results_name("pruning", args.overrides), {"runs": runs}, lines)
