@@ -9,7 +9,6 @@ eighteen trainings take hours on two cores.
 
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks.common import (
@@ -37,7 +36,7 @@ def main() -> None:
     args = tiers_and_seeds(__doc__, resumable=True)
     silence_known_noise()
     print(describe(), flush=True)
-    rows, started = [], time.perf_counter()
+    rows = []
     with tempfile.TemporaryDirectory(prefix="tierkit-kd-") as tmp:
         for tier in args.tiers:
             results = {"kd": [], "alone": []}
@@ -62,6 +61,7 @@ def main() -> None:
                     "kd_test_acc": kd_acc,
                     "alone_test_acc": alone_acc,
                     "kd_agreement": [m["student"]["agreement"] for m in results["kd"]],
+                    "train_seconds": sum(m["train_seconds"] for runs in results.values() for m in runs),
                 }
             )
     lines = [
@@ -87,8 +87,9 @@ def main() -> None:
         "",
         f"Teacher: {teacher['teacher_params']:,} params, {teacher['teacher_macs']:,} MACs. "
         f"{over_seeds(args.seeds).capitalize()} (the same seeds with and "
-        f"without KD); {len(args.seeds) * len(args.tiers) * 2} runs, this command {time.perf_counter() - started:.0f} s"
-        + (" (runs an earlier command finished in --work were reused)." if args.work else "."),
+        f"without KD); {len(args.seeds) * len(args.tiers) * 2} runs, "
+        f"{sum(row['train_seconds'] for row in rows) / 60:.0f} min of training"
+        + (" (runs an earlier command finished in --work are reused)." if args.work else "."),
     ]
     save_results(results_name("distillation", args.overrides), {"rows": rows}, lines)
 

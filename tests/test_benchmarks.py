@@ -252,7 +252,8 @@ def test_distillation_benchmark_keeps_each_training_in_its_work_folder_and_repor
         kd = "experiment=no_kd" not in overrides
         seed = int(next(o for o in overrides if o.startswith("seed=")).split("=")[1])
         student = {"test_acc": (0.92 if kd else 0.91) + seed / 1000, "params": 13_186, "macs": 1, "agreement": 0.9}
-        return {"student": student, "teacher": {"params": 288_170, "macs": 2, "test_acc": 0.94}}
+        teacher = {"params": 288_170, "macs": 2, "test_acc": 0.94}
+        return {"student": student, "teacher": teacher, "train_seconds": 300.0}
 
     monkeypatch.setattr(distillation, "finished_or_train", fake_train)
     monkeypatch.setattr(distillation, "save_results", lambda name, payload, lines: saved.update(name=name, lines=lines))
@@ -265,7 +266,10 @@ def test_distillation_benchmark_keeps_each_training_in_its_work_folder_and_repor
     assert all("data=mnist1d" in overrides and "~callbacks.pruning" in overrides for _, overrides in trained)
     assert saved["name"] == "distillation_mnist1d"
     assert "| lowend | 13,186 | 1 | 94.00% | 92.15 ± 0.07 | 91.15 ± 0.07 | +1.00 |" in saved["lines"]
-    assert "--work" not in saved["lines"][1] and saved["lines"][-1].endswith("were reused).")
+    assert "--work" not in saved["lines"][1]
+    assert saved["lines"][-1].endswith(
+        "4 runs, 20 min of training (runs an earlier command finished in --work are reused)."
+    )
 
 
 def test_distillation_settings_are_chosen_on_validation_and_only_the_choice_meets_the_test_split(monkeypatch):
