@@ -225,12 +225,11 @@ def export_calibration(asked: DictConfig, trained: DictConfig) -> DictConfig:
     return OmegaConf.create({key: trained[key] if asked.get(key) is None else asked[key] for key in trained})
 
 
-def export_float_layers(run: Run, cfg: DictConfig, tuned: dict | None, fp32: Path) -> list[str]:
-    """The layers post-training INT8 leaves in float: the shipped tuned recipe's, or the first layer when the run
-    kept it in float; export's ``float_first_layer``, when given, adds or removes the first layer."""
+def export_float_layers(run: Run, cfg: DictConfig, tuned: dict | None, first: list[str]) -> list[str]:
+    """The layers post-training INT8 leaves in float: the shipped tuned recipe's, or the first layer (``first``)
+    when the run kept it in float; export's ``float_first_layer``, when given, adds or removes the first layer."""
     trained_first = bool(run.config.quantization.get("float_first_layer", False))
     wanted_first = trained_first if cfg.get("float_first_layer") is None else bool(cfg.float_first_layer)
-    first = first_layer(fp32)
     layers = list(tuned["float_layers"]) if tuned is not None else (first if trained_first else [])
     if wanted_first and not trained_first:
         return [*first, *(layer for layer in layers if layer not in first)]
@@ -256,7 +255,8 @@ def int8_files(
     if tuned is not None:
         run_calibration = OmegaConf.merge(run_calibration, {"method": tuned["method"]})
         run_per_channel = tuned["per_channel"]
-    float_layers = export_float_layers(run, cfg, tuned, fp32)
+    first = first_layer(fp32)
+    float_layers = export_float_layers(run, cfg, tuned, first)
     int16_layers = list(tuned.get("int16_layers", [])) if tuned is not None else []
     per_channel = bool(run_per_channel if cfg.per_channel is None else cfg.per_channel)
     calibration = export_calibration(cfg.calibration, run_calibration)
@@ -279,7 +279,7 @@ def int8_files(
                 int8_method="qat",
                 reduce_range=bits < 8,
                 per_channel=qat_settings_used["per_channel"],
-                float_layers=first_layer(fp32) if qat_settings_used["float_first_layer"] else [],
+                float_layers=first if qat_settings_used["float_first_layer"] else [],
             )
         else:
             settings = {"reduce_range": bits < 8, "per_channel": per_channel, "calibration": recorded_calibration}
