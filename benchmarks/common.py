@@ -76,11 +76,17 @@ def data_option(overrides: list[str]) -> str | None:
     return data[-1] if data else None
 
 
+def setting_slug(override: str) -> str:
+    """An override as a file-name part: ``tier.student_width=0.25`` -> ``tier-student_width-0-25``."""
+    return re.sub(r"[^\w-]+", "-", override)
+
+
 def results_name(base: str, overrides: list[str]) -> str:
-    """``base``, or ``base_<data>`` when the runs use other data than the default, so one dataset's results never
-    overwrite another's."""
+    """``base``, then ``_<data>`` when the runs use other data than the default, then each other override as a
+    slug, so results with other data or settings never overwrite the default's."""
     data = data_option(overrides)
-    return base + (f"_{data}" if data else "")
+    others = [setting_slug(o) for o in overrides if not o.startswith("data=")]
+    return "_".join([base, *([data] if data else []), *others])
 
 
 def data_overrides_of(run_dir: Path) -> list[str]:

@@ -13,7 +13,6 @@ followed by any --export-overrides.
 
 import argparse
 import json
-import re
 import shutil
 import sys
 import tempfile
@@ -49,10 +48,6 @@ DEVICES = {
         "within the limit",
     ),
 }
-
-
-def setting_slug(override: str) -> str:
-    return re.sub(r"[^\w-]+", "-", override)
 
 
 def reference_row(entry: dict) -> dict:
@@ -156,7 +151,7 @@ def main() -> None:
         ]
     a_run = next(sweep.glob("*/checkpoints/best.ckpt")).parents[1]  # the sweep's runs share one data option
     # Export settings name their own results: export_<data>_float_first_layer-true.
-    name = "_".join([results_name("export", data_overrides_of(a_run)), *map(setting_slug, args.export_overrides)])
+    name = results_name("export", [*data_overrides_of(a_run), *args.export_overrides])
     shutil.copy(out / "pareto.png", RESULTS / f"{name}_pareto.png")
     save_results(
         name,

@@ -251,7 +251,8 @@ def test_distillation_benchmark_keeps_each_training_in_its_work_folder_and_repor
         trained.append((out, overrides))
         kd = "experiment=no_kd" not in overrides
         seed = int(next(o for o in overrides if o.startswith("seed=")).split("=")[1])
-        student = {"test_acc": (0.92 if kd else 0.91) + seed / 1000, "params": 13_186, "macs": 1, "agreement": 0.9}
+        test, val = (0.92, 0.93) if kd else (0.91, 0.925)
+        student = {"test_acc": test + seed / 1000, "val_acc_best": val, "params": 13_186, "macs": 1, "agreement": 0.9}
         teacher = {"params": 288_170, "macs": 2, "test_acc": 0.94}
         return {"student": student, "teacher": teacher, "train_seconds": 300.0}
 
@@ -265,7 +266,7 @@ def test_distillation_benchmark_keeps_each_training_in_its_work_folder_and_repor
     assert [out for out, _ in trained] == folders
     assert all("data=mnist1d" in overrides and "~callbacks.pruning" in overrides for _, overrides in trained)
     assert saved["name"] == "distillation_mnist1d"
-    assert "| lowend | 13,186 | 1 | 94.00% | 92.15 ± 0.07 | 91.15 ± 0.07 | +1.00 |" in saved["lines"]
+    assert "| lowend | 13,186 | 1 | 94.00% | 92.15 ± 0.07 | 91.15 ± 0.07 | +1.00 | +0.50 |" in saved["lines"]
     assert "--work" not in saved["lines"][1]
     assert saved["lines"][-1].endswith(
         "4 runs, 20 min of training (runs an earlier command finished in --work are reused)."
@@ -327,6 +328,15 @@ def test_teacher_epochs_are_chosen_on_validation_and_only_the_choice_is_read_on_
     assert "| 30 (chosen) | 93.60 | 1,800 |" in lines
     assert not any("94.00" in line or "95.00" in line for line in lines)  # no other teacher's test accuracy
     assert lines[-1] == "Target: the teacher >= 93.5% on test: MISS."
+
+
+def test_results_with_other_settings_never_overwrite_the_defaults():
+    from benchmarks.common import results_name
+
+    assert results_name("distillation", []) == "distillation"
+    wider = ["data=fashion_mnist", "tier.student_width=0.25"]
+    assert results_name("distillation", wider) == "distillation_fashion_mnist_tier-student_width-0-25"
+    assert results_name("distillation", ["tier.student_width=0.25"]) == "distillation_tier-student_width-0-25"
 
 
 def test_results_from_an_existing_run_are_named_after_the_data_it_was_trained_on(tmp_path):
