@@ -3,7 +3,7 @@
     python -m benchmarks.distillation [--tiers lowend ...] [--seeds 1 2 3] [--work DIR] [-- extra overrides...]
 
 Writes benchmarks/results/distillation.{json,md} (distillation_<data>.* with a data= override; any other
-override adds its value to the name). The gain is shown on test and on validation, where a choice between
+override is added to the name as key-value). The gain is shown on test and on validation, where a choice between
 students or settings is made. With --work DIR every finished training stays in DIR and the same command run
 again reuses it: on the full Fashion-MNIST the eighteen trainings take hours on two cores.
 """

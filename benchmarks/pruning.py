@@ -4,9 +4,9 @@ sparsity. Accuracy over seeds; ONNX Runtime latency at batch 1 on one thread, in
 
     python -m benchmarks.pruning [--seeds 1 2 3] [--target 0.5] [--work DIR] [-- extra overrides...]
 
-Writes benchmarks/results/pruning.{json,md} (pruning_<data>.* with a data= override; any other override adds
-its value to the name). With --work DIR every finished training stays in DIR and the same command run again
-reuses it.
+Writes benchmarks/results/pruning.{json,md} (pruning_<data>.* with a data= override; any other override is
+added to the name as key-value). With --work DIR every finished training stays in DIR and the same command run
+again reuses it.
 """
 
 import argparse
