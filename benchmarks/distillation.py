@@ -49,8 +49,7 @@ def main() -> None:
                     accuracy = 100 * metrics["student"]["test_acc"]
                     print(f"{tier} seed {seed} {mode}: test acc {accuracy:.2f}%", flush=True)
             student, teacher = results["kd"][0]["student"], results["kd"][0]["teacher"]
-            kd_acc = [m["student"]["test_acc"] for m in results["kd"]]
-            alone_acc = [m["student"]["test_acc"] for m in results["alone"]]
+            test = {mode: [m["student"]["test_acc"] for m in runs] for mode, runs in results.items()}
             val = {mode: [m["student"]["val_acc_best"] for m in runs] for mode, runs in results.items()}
             rows.append(
                 {
@@ -60,8 +59,8 @@ def main() -> None:
                     "teacher_params": teacher["params"],
                     "teacher_macs": teacher["macs"],
                     "teacher_test_acc": teacher["test_acc"],
-                    "kd_test_acc": kd_acc,
-                    "alone_test_acc": alone_acc,
+                    "kd_test_acc": test["kd"],
+                    "alone_test_acc": test["alone"],
                     "kd_val_acc": val["kd"],
                     "alone_val_acc": val["alone"],
                     "kd_agreement": [m["student"]["agreement"] for m in results["kd"]],
