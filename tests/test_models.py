@@ -9,7 +9,7 @@ from torch import nn
 from tierkit.data import SyntheticDataModule
 from tierkit.distill import DistillationModule
 from tierkit.errors import TierkitError
-from tierkit.models import MLP, CifarResNet, MobileNetV2, SmallCNN
+from tierkit.models import MLP, CifarResNet, MobileNetV2, SeparableCNN, SmallCNN
 from tierkit.models.build import build_model
 
 
@@ -31,6 +31,7 @@ ZOO = {
     "resnet56": {"_target_": "tierkit.models.CifarResNet", "depth": 56, "width": 0.25},
     "mobilenetv2": {"_target_": "tierkit.models.MobileNetV2", "width": 0.35},
     "mlp": {"_target_": "tierkit.models.MLP", "width": 0.25},
+    "separable": {"_target_": "tierkit.models.SeparableCNN", "width": 0.375},
     "user": {"_target_": f"{__name__}.UserNet", "hidden": 16},
 }
 
@@ -42,12 +43,30 @@ def test_zoo_models_fit_any_input_shape(name, shape):
     assert model(torch.randn(2, *shape)).shape == (2, 7)
 
 
-@pytest.mark.parametrize("cls", [SmallCNN, CifarResNet, MobileNetV2, MLP])
+@pytest.mark.parametrize("cls", [SmallCNN, CifarResNet, MobileNetV2, MLP, SeparableCNN])
 def test_width_shrinks_models(cls):
     def count(width):
         return sum(p.numel() for p in cls((1, 28, 28), 10, width=width).parameters())
 
     assert count(0.25) < count(0.5) < count(1.0)
+
+
+def test_separable_cnn_fits_more_channels_in_the_parameters_of_a_plain_one():
+    """The reason the model exists: at about the plain CNN's width-0.25 parameters, twice its last-stage channels."""
+
+    def params(model):
+        return sum(p.numel() for p in model.parameters())
+
+    plain, separable = SmallCNN((1, 28, 28), 10, width=0.25), SeparableCNN((1, 28, 28), 10, width=0.375)
+    assert params(separable) < 20_000 and params(plain) < 20_000
+    assert separable.classifier.in_features >= 2 * plain.classifier.in_features
+    depthwise = [m for m in separable.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert len(depthwise) == 2 and all(m.groups == m.in_channels == m.out_channels for m in depthwise)
+
+
+def test_separable_cnn_rejects_a_stage_count_it_does_not_have():
+    with pytest.raises(TierkitError, match="full_conv_stages=4 is not a number of stages"):
+        SeparableCNN((1, 28, 28), 10, full_conv_stages=4)
 
 
 def test_resnet_rejects_invalid_depth():

@@ -314,7 +314,12 @@ TIERS = "highend, lowend, midrange"
     ("args", "group", "bad", "options"),
     [
         (["tier=ultra,lowend"], "tier", "ultra", TIERS),
-        (["hydra/launcher=local", "model=cnn,resnett"], "model", "resnett", "cnn, cnn1d, mlp, mobilenetv2, resnet"),
+        (
+            ["hydra/launcher=local", "model=cnn,resnett"],
+            "model",
+            "resnett",
+            "cnn, cnn1d, mlp, mobilenetv2, resnet, separable",
+        ),
         (["experiment=null,resnet_cifar1O"], "experiment", "resnet_cifar1O", "no_kd, resnet_cifar10"),
         (["hparams_search=accuracy", "tier=choice(lowend,ultra)"], "tier", "ultra", TIERS),
         (["hparams_search=accuracy", "+hydra.sweeper.params.tier='choice(lowend, ultra)'"], "tier", "ultra", TIERS),
