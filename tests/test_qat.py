@@ -12,7 +12,7 @@ from torch import nn
 
 from tierkit.conf.validate import check_qat_stage, validate_train_config
 from tierkit.errors import TierkitError
-from tierkit.models import MLP, CifarResNet, MobileNetV2, SmallCNN
+from tierkit.models import MLP, CifarResNet, MobileNetV2, SeparableCNN, SmallCNN
 from tierkit.models.checkpoint import load_student
 from tierkit.models.qat import (
     STAGES,
@@ -80,8 +80,9 @@ def _weight_scale_dims(graph: onnx.GraphProto) -> list[list[int]]:
         lambda: CifarResNet(SHAPE, 4, depth=8),
         lambda: MobileNetV2(SHAPE, 4, width=0.25),
         lambda: MLP(SHAPE, 4),
+        lambda: SeparableCNN(SHAPE, 4, width=0.375),
     ],
-    ids=["cnn", "resnet", "mobilenetv2", "mlp"],
+    ids=["cnn", "resnet", "mobilenetv2", "mlp", "separable"],
 )
 @pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
 def test_qat_export_is_qdq_with_int8_weights_and_runs_on_integer_kernels(tmp_path, build, per_channel):
