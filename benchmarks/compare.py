@@ -41,6 +41,8 @@ from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from benchmarks.baselines import modelpruning_copy, ort_default_int8, torch_pruning_copy, zero_fraction
 from benchmarks.common import (
+    DATASET_TARGETS,
+    FLOOR_MULTIPLE,
     RESULTS,
     SCRATCH_STUDENT,
     TIERS,
@@ -100,11 +102,6 @@ ROWS = {
 PEERS = [name for name in ROWS if name.startswith("teacher ") and name != "teacher"]
 OPENVINO_ROWS = {"teacher NNCF INT8", "teacher NNCF INT8, accuracy control"}
 NNCF_MAX_DROP = 0.01
-# Targets that are only meaningful on one dataset (from published results on it), by data= option.
-DATASET_TARGETS = {
-    "fashion_mnist": {"teacher_acc": 0.935, "lowend_acc": 0.925, "lowend_params": 20_000, "smaller": 20, "faster": 8}
-}
-FLOOR_MULTIPLE = 3.0
 
 
 @dataclass(frozen=True)

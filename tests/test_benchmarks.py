@@ -391,3 +391,17 @@ def test_quantization_lists_each_escalation_step_and_takes_an_existing_sweep_as_
     with pytest.raises(SystemExit) as refused:
         main()
     assert refused.value.code == 2
+
+
+def test_students_are_checked_against_the_lowend_targets_at_their_limits(tmp_path):
+    from benchmarks.common import DATASET_TARGETS
+    from benchmarks.students import run_rows, target_checks
+
+    at_limits = {"test_acc": 0.925, "params": 20_000, "smaller": 20.0, "speedup": 8.0, "floor_multiple": 3.0}
+    assert all("PASS" in line for line in target_checks(at_limits, DATASET_TARGETS["fashion_mnist"]))
+    over = {"test_acc": 0.9249, "params": 20_001, "smaller": 19.9, "speedup": 7.9, "floor_multiple": 3.1}
+    missed = target_checks(over, DATASET_TARGETS["fashion_mnist"])
+    assert len(missed) == 4 and all("MISS" in line for line in missed)
+    assert target_checks(over, None) == ["within 3x of the hardware floor: MISS (3.1x)"]
+    with pytest.raises(SystemExit, match=r"no finished, quantized run of train\.py there"):
+        run_rows([tmp_path])
