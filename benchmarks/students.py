@@ -2,12 +2,14 @@
 validation and test accuracy, size, and batch-1 latency on one thread of each run's FP32 and shipped INT8 files,
 timed interleaved with the teacher's FP32 file, with each file's latency as a multiple of the hardware floor.
 
-    python -m benchmarks.students RUN [RUN ...] [--name NAME] [--teacher-overrides SETTING ...]
+    python -m benchmarks.students RUN [RUN ...] [--float-first-layer] [--name NAME] [--teacher-overrides SETTING ...]
 
 It answers "which student for this tier?" without rerunning the whole comparison: choose on the validation
 column; the test column and the PASS/MISS lines then say how the choice does. The runs must share one teacher:
 the one composed from their data (plus any --teacher-overrides) is exported and checked against the test accuracy
-the runs recorded for theirs. Writes benchmarks/results/<NAME>[_<data>].{json,md} (NAME: students).
+the runs recorded for theirs. --float-first-layer adds a third file per run: its FP32 file quantized as its run
+did, with the first layer left in float (quantization.float_first_layer). Writes
+benchmarks/results/<NAME>[_<data>].{json,md} (NAME: students).
 """
 
 import argparse
@@ -30,6 +32,8 @@ from benchmarks.latency_floor import floor_ms, mac_rates
 from benchmarks.quantization import teacher_files
 from tierkit.onnxio import onnx_accuracy
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
+from tierkit.quant import calibration_samples, quantize_int8
+from tierkit.quant.ptq import first_layer
 from tierkit.run_folder import RunFolder
 from tierkit.utils.noise import silence_known_noise
 
@@ -59,6 +63,11 @@ def run_rows(runs: list[Path]) -> tuple[list[dict], float]:
                     "bytes": scores.bytes,
                     "val_acc": scores.val_acc,
                     "test_acc": scores.test_acc,
+                    "quantization": {
+                        **quantization.calibration,
+                        "reduce_range": quantization.reduce_range,
+                        "per_channel": quantization.per_channel,
+                    },
                 }
             )
     if len(teacher_accuracies) > 1:
@@ -67,6 +76,31 @@ def run_rows(runs: list[Path]) -> tuple[list[dict], float]:
             "compare runs of one teacher"
         )
     return rows, teacher_accuracies.pop()
+
+
+def float_first_layer_row(fp32_row: dict, datamodule, out: Path) -> dict:
+    """The run's FP32 file quantized with its own calibration and weight settings, the first layer left in float."""
+    settings = fp32_row["quantization"]
+    samples = calibration_samples(datamodule, settings["samples"], settings["batch_size"], settings["seed"])
+    path = quantize_int8(
+        fp32_row["file"],
+        out,
+        samples,
+        settings["batch_size"],
+        settings["method"],
+        settings["reduce_range"],
+        settings["per_channel"],
+        first_layer(fp32_row["file"]),
+    )
+    session = ort_session(path, threads=1)
+    return {
+        **fp32_row,
+        "precision": "int8 (ptq, first layer float)",
+        "file": str(path),
+        "bytes": path.stat().st_size,
+        "val_acc": onnx_accuracy(session, datamodule, "val"),
+        "test_acc": onnx_accuracy(session, datamodule),
+    }
 
 
 def target_checks(row: dict, targets: dict | None) -> list[str]:
@@ -99,6 +133,9 @@ def target_checks(row: dict, targets: dict | None) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, nargs="+", help="finished run folders of train.py (one teacher)")
+    parser.add_argument(
+        "--float-first-layer", action="store_true", help="add each run's INT8 file with the first layer in float"
+    )
     parser.add_argument("--name", default="students", help="the results files' name (before _<data>)")
     parser.add_argument(
         "--teacher-overrides", nargs="+", default=[], metavar="SETTING", help="overrides of the teacher's recipe"
@@ -126,6 +163,15 @@ def main() -> None:
                 f"on test, the runs' {100 * recorded_teacher:.2f}%: not their teacher. Give the overrides the runs "
                 "were trained with as --teacher-overrides (model=..., teacher.ckpt_path=...)"
             )
+        if args.float_first_layer:
+            print("quantizing each run with its first layer in float", flush=True)
+            fp32_rows = [row for row in rows if row["precision"] == "fp32"]
+            rows += [
+                float_first_layer_row(row, datamodule, scratch / f"{i}-float-first-layer.onnx")
+                for i, row in enumerate(fp32_rows)
+            ]
+            order = {str(run): i for i, run in enumerate(args.runs)}
+            rows.sort(key=lambda row: order[row["run"]])
         print("timing every file, interleaved (one thread, batch 1)", flush=True)
         shape = session.get_inputs()[0].shape[1:]
         batch = np.zeros((1, *shape), dtype=np.float32)
@@ -147,12 +193,16 @@ def main() -> None:
     save_results(
         results_name(args.name, overrides),
         {"rows": files, "gmac_per_s": {k: v / 1e9 for k, v in rates.items()}},
-        table(files, rates, [str(run) for run in args.runs], args.name, extra),
+        table(files, rates, [str(run) for run in args.runs], args, extra),
     )
 
 
-def table(files: list[dict], rates: dict, runs: list[str], name: str, extra: list[str]) -> list[str]:
-    options = [*([f"--name {name}"] if name != "students" else []), *(["--teacher-overrides", *extra] if extra else [])]
+def table(files: list[dict], rates: dict, runs: list[str], args: argparse.Namespace, extra: list[str]) -> list[str]:
+    options = [
+        *(["--float-first-layer"] if args.float_first_layer else []),
+        *([f"--name {args.name}"] if args.name != "students" else []),
+        *(["--teacher-overrides", *extra] if extra else []),
+    ]
     lines = [
         f"Machine: {describe()}",
         f"Command: `python -m benchmarks.students {' '.join([*runs, *options])}`",

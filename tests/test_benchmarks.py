@@ -405,3 +405,22 @@ def test_students_are_checked_against_the_lowend_targets_at_their_limits(tmp_pat
     assert target_checks(over, None) == ["within 3x of the hardware floor: MISS (3.1x)"]
     with pytest.raises(SystemExit, match=r"no finished, quantized run of train\.py there"):
         run_rows([tmp_path])
+
+
+def test_students_requantize_a_run_with_its_first_layer_in_float_and_its_own_settings(tmp_path):
+    from benchmarks.students import float_first_layer_row
+    from tierkit.data import SyntheticDataModule
+    from tierkit.models import SeparableCNN
+    from tierkit.onnxio import export_onnx
+    from tierkit.onnxio.verify import float_compute_ops
+
+    shape = (1, 16, 16)
+    data = SyntheticDataModule(input_shape=list(shape), num_classes=4, mean=[0.5], std=[0.3], num_samples=128)
+    fp32 = export_onnx(SeparableCNN(shape, 4, width=0.375).eval(), tmp_path / "fp32.onnx", shape)
+    settings = {"samples": 64, "batch_size": 16, "method": "minmax", "seed": 0}
+    weights = {"reduce_range": True, "per_channel": True}
+    fp32_row = {"run": "r", "precision": "fp32", "file": str(fp32), "quantization": {**settings, **weights}}
+    row = float_first_layer_row(fp32_row, data, tmp_path / "int8.onnx")
+    assert row["precision"] == "int8 (ptq, first layer float)" and row["bytes"] < fp32.stat().st_size
+    assert len(float_compute_ops(tmp_path / "int8.onnx")) == 1, "only the first layer computes in float"
+    assert 0 <= row["val_acc"] <= 1 and 0 <= row["test_acc"] <= 1
