@@ -64,7 +64,7 @@ def run_rows(runs: list[Path]) -> tuple[list[dict], float]:
                     "val_acc": scores.val_acc,
                     "test_acc": scores.test_acc,
                     "quantization": {
-                        **quantization.calibration,
+                        **(quantization.calibration or {}),
                         "reduce_range": quantization.reduce_range,
                         "per_channel": quantization.per_channel,
                     },
@@ -81,6 +81,8 @@ def run_rows(runs: list[Path]) -> tuple[list[dict], float]:
 def float_first_layer_row(fp32_row: dict, datamodule, out: Path) -> dict:
     """The run's FP32 file quantized with its own calibration and weight settings, the first layer left in float."""
     settings = fp32_row["quantization"]
+    if "samples" not in settings:
+        raise SystemExit(f"{fp32_row['run']}: its metrics.json records no calibration settings to quantize with")
     samples = calibration_samples(datamodule, settings["samples"], settings["batch_size"], settings["seed"])
     path = quantize_int8(
         fp32_row["file"],
