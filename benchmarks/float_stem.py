@@ -20,7 +20,7 @@ import onnx
 from hydra import compose, initialize_config_dir
 
 from benchmarks.common import TIERS, data_overrides_of, describe, results_name, save_results, tier_run_folders
-from benchmarks.quantization import teacher_files
+from benchmarks.quantization import teacher_fp32
 from tierkit.conf import CONFIG_DIR
 from tierkit.onnxio import onnx_accuracy
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
@@ -53,9 +53,9 @@ def main() -> None:
     rows, probes = [], {}
     with tempfile.TemporaryDirectory(prefix="tierkit-float-stem-") as tmp:
         scratch = Path(tmp)
-        teacher, datamodule = teacher_files(scratch / "teacher", overrides)
+        teacher, datamodule = teacher_fp32(scratch / "teacher", overrides)
         models = {
-            "teacher": teacher["fp32"],
+            "teacher": teacher,
             **{tier: RunFolder(runs[tier]).quantization / "fp32.onnx" for tier in TIERS},
         }
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):

@@ -67,19 +67,22 @@ FILES = {
 SHIPPED_PATH = {"ptq": "int8 PTQ", "tuned": "int8 tuned", "qat": "int8 QAT"}
 
 
-def teacher_files(scratch: Path, overrides: list[str]) -> tuple[dict[str, Path], object]:
-    """The teacher of the recipe with ``overrides`` (the cached one, when a run trained it) exported in FP32, FP16
-    and post-training INT8, and its datamodule."""
+def teacher_fp32(scratch: Path, overrides: list[str]) -> tuple[Path, object]:
+    """The teacher of the recipe with ``overrides`` (the cached one, when a run trained it) exported in FP32, and
+    its datamodule."""
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"paths.output_dir={scratch}", "~callbacks.progress", *overrides])
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.setup()
     teacher, _ = obtain_teacher(cfg, datamodule)
-    shape = tuple(cfg.data.input_shape)
-    files = {"fp32": export_onnx(teacher.eval(), scratch / "fp32.onnx", shape)}
-    files["fp16"] = convert_fp16(files["fp32"], scratch / "fp16.onnx")
-    samples = calibration_samples(datamodule, 512, 64)
-    files["int8 PTQ"] = quantize_int8(files["fp32"], scratch / "int8_ptq.onnx", samples)
+    return export_onnx(teacher.eval(), scratch / "fp32.onnx", tuple(cfg.data.input_shape)), datamodule
+
+
+def teacher_files(scratch: Path, overrides: list[str]) -> tuple[dict[str, Path], object]:
+    """The teacher's FP32 file (``teacher_fp32``), its FP16 and post-training INT8 files, and its datamodule."""
+    fp32, datamodule = teacher_fp32(scratch, overrides)
+    files = {"fp32": fp32, "fp16": convert_fp16(fp32, scratch / "fp16.onnx")}
+    files["int8 PTQ"] = quantize_int8(fp32, scratch / "int8_ptq.onnx", calibration_samples(datamodule, 512, 64))
     return files, datamodule
 
 

@@ -29,7 +29,7 @@ from benchmarks.common import (
     save_results,
 )
 from benchmarks.latency_floor import floor_ms, mac_rates
-from benchmarks.quantization import teacher_files
+from benchmarks.quantization import teacher_fp32
 from tierkit.onnxio import onnx_accuracy
 from tierkit.profile.latency import latency_probe, measure_latency, ort_session
 from tierkit.quant import calibration_samples, quantize_int8
@@ -150,13 +150,13 @@ def main() -> None:
     print(describe(), flush=True)
     with tempfile.TemporaryDirectory(prefix="tierkit-students-") as tmp:
         scratch = Path(tmp)
-        teacher, datamodule = teacher_files(scratch / "teacher", overrides)
-        session = ort_session(teacher["fp32"], threads=1)
+        teacher, datamodule = teacher_fp32(scratch / "teacher", overrides)
+        session = ort_session(teacher, threads=1)
         reference = {
             "student": "teacher",
             "precision": "fp32",
-            "file": str(teacher["fp32"]),
-            "bytes": teacher["fp32"].stat().st_size,
+            "file": str(teacher),
+            "bytes": teacher.stat().st_size,
             "test_acc": onnx_accuracy(session, datamodule),
         }
         if abs(reference["test_acc"] - recorded_teacher) * 100 > SAME_TEACHER_POINTS:

@@ -1,4 +1,4 @@
-"""A CNN whose late stages are depthwise-separable: the shape for students of a few thousand parameters."""
+"""A CNN whose late stages are depthwise-separable: the shape for students under about 20,000 parameters."""
 
 from collections.abc import Sequence
 
@@ -10,7 +10,7 @@ from tierkit.models.common import conv_bn_relu, require_rank, scaled_channels
 
 
 def separable_conv(c_in: int, c_out: int) -> nn.Sequential:
-    """A 3x3 depthwise conv, then a 1x1 pointwise one: about 9/c_out + 1/9 of a full 3x3 conv's weights."""
+    """A 3x3 depthwise conv, then a 1x1 pointwise one: 1/c_out + 1/9 of a full 3x3 conv's weights."""
     return nn.Sequential(conv_bn_relu(c_in, c_in, groups=c_in), conv_bn_relu(c_in, c_out, kernel=1))
 
 
