@@ -146,6 +146,16 @@ def test_channel_counts_are_rounded():
     assert convs and all(c % 8 == 0 for c in convs)
 
 
+def test_setup_traces_where_the_students_weights_are():
+    """On a GPU machine Lightning's setup hook runs while the weights are still on the CPU but ``pl_module.device``
+    already names the accelerator; "meta" stands in for it here."""
+    module = _module(SmallCNN(SHAPE, 4))
+    module._device = torch.device("meta")
+    trainer = SimpleNamespace(max_epochs=2, datamodule=_data())
+    StructuredPruning(target=0.5, start_epoch=0, end_epoch=1, steps=2).setup(trainer, module, "fit")
+    assert next(module.student.parameters()).device.type == "cpu"
+
+
 def test_ignore_pattern_matching_nothing_fails_before_training():
     pruning = StructuredPruning(target=0.5, ignore=["backbone.*"])
     with pytest.raises(TierkitError, match="matches no module"):

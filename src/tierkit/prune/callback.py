@@ -230,8 +230,12 @@ class StructuredPruning(Callback):
         trial.prune_to(copy.deepcopy(student), example, self.target, pl_module.num_classes)
 
     def _student_and_example(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[nn.Module, torch.Tensor]:
+        """The example input goes where the student's weights are: in ``setup`` Lightning has not yet moved the
+        module to the accelerator, although ``pl_module.device`` already names it."""
         shape = trainer.datamodule.input_shape
-        return pl_module.student, torch.zeros(1, *shape, device=pl_module.device)
+        weights = next(pl_module.student.parameters(), None)
+        device = weights.device if weights is not None else pl_module.device
+        return pl_module.student, torch.zeros(1, *shape, device=device)
 
     def check_epoch(self) -> int | None:
         """Budget mode: the epoch at whose start the last step's result is judged, one step's spacing after it."""
