@@ -195,6 +195,12 @@ def test_stages_switch_quantizers_and_prepare_keeps_parameters():
         assert torch.equal(prepared.eval()(x), model.eval()(x))
 
 
+def test_prepare_puts_the_quantizers_where_the_model_is():
+    """The QAT callback prepares a student that Lightning already moved to the GPU; "meta" stands in for it."""
+    prepared = prepare_qat(SmallCNN(SHAPE, 4, width=0.5).to("meta"))
+    assert {tensor.device.type for tensor in [*prepared.parameters(), *prepared.buffers()]} == {"meta"}
+
+
 def test_frozen_stage_stops_observers_and_batch_norm_statistics():
     prepared = _calibrated(SmallCNN(SHAPE, 4, width=0.5))
     prepared.train()

@@ -146,6 +146,9 @@ def prepare_qat(
         raise _untraceable(model, exc) from exc
     graph = gm.graph
     kept_float = _first_compute(gm) if float_first_layer else None
+    # A callback prepares the model where training already put it (a GPU): the new quantizers' buffers go there too.
+    weights = next(model.parameters(), None)
+    device = weights.device if weights is not None else None
     for node in list(graph.nodes):
         module = _module(gm, node)
         if node is kept_float:
@@ -165,7 +168,7 @@ def prepare_qat(
         if name is None:
             name = f"act_quant_{count}"
             count += 1
-            gm.add_submodule(name, ActivationFakeQuant(momentum))
+            gm.add_submodule(name, ActivationFakeQuant(momentum).to(device))
         with graph.inserting_after(node):
             quantized = graph.call_module(name, (node,))
         node.replace_all_uses_with(quantized, delete_user_cb=lambda user: user is not quantized)
