@@ -4,11 +4,14 @@ job resumes from, and the shuffle that leaves out what a mid-epoch checkpoint al
 import os
 import re
 import time
+from datetime import datetime
+from types import SimpleNamespace
 
 import pytest
 
 from tierkit.data.base import EpochShuffle
 from tierkit.run_folder import RunFolder
+from tierkit.utils import slurm
 from tierkit.utils.resume import restart_epoch_at_its_start
 from tierkit.utils.slurm import requeued_checkpoint, run_folder_name
 
@@ -24,27 +27,37 @@ def in_slurm_job(monkeypatch, tmp_path):
     return enter
 
 
-def test_a_run_outside_slurm_is_named_after_its_start_time(monkeypatch):
+def test_a_run_outside_slurm_is_named_after_its_start_time(monkeypatch, tmp_path):
     for key in [k for k in os.environ if k.startswith("SLURM_")]:
         monkeypatch.delenv(key)
-    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}/\d{2}-\d{2}-\d{2}", run_folder_name())
+    name = run_folder_name(str(tmp_path))
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}/\d{2}-\d{2}-\d{2}", name)
+    assert (tmp_path / name).is_dir(), "created as it is named, so no other run can take it"
+
+
+def test_runs_started_in_the_same_second_each_get_their_own_folder(monkeypatch, tmp_path):
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setattr(slurm, "datetime", SimpleNamespace(now=lambda: datetime(2026, 12, 4, 13, 20, 43)))
+    names = [run_folder_name(str(tmp_path)) for _ in range(3)]
+    assert names == ["2026-12-04/13-20-43", "2026-12-04/13-20-43_2", "2026-12-04/13-20-43_3"]
 
 
 def test_a_run_inside_a_slurm_job_is_named_after_the_job(in_slurm_job, tmp_path):
     in_slurm_job(4242)
-    assert run_folder_name() == "slurm/4242"
+    assert run_folder_name(str(tmp_path)) == "slurm/4242"
     cfg = compose_train(tmp_path, hydra_config=True)
     assert cfg.hydra.run.dir.endswith("outputs/slurm/4242")
 
 
-def test_an_array_task_is_named_as_scontrol_requeue_names_it(in_slurm_job):
+def test_an_array_task_is_named_as_scontrol_requeue_names_it(in_slurm_job, tmp_path):
     in_slurm_job(4243, SLURM_ARRAY_JOB_ID="77", SLURM_ARRAY_TASK_ID="3")
-    assert run_folder_name() == "slurm/77_3"
+    assert run_folder_name(str(tmp_path)) == "slurm/77_3"
 
 
-def test_an_interactive_shell_is_not_a_job(in_slurm_job):
+def test_an_interactive_shell_is_not_a_job(in_slurm_job, tmp_path):
     in_slurm_job(4244, SLURM_JOB_NAME="bash")
-    assert not run_folder_name().startswith("slurm/")
+    assert not run_folder_name(str(tmp_path)).startswith("slurm/")
 
 
 def test_a_requeued_job_resumes_from_its_newest_checkpoint(in_slurm_job, tmp_path):

@@ -6,6 +6,7 @@ requeued job finds the checkpoints of the first attempt (Lightning's ``hpc_ckpt_
 signal, or the epoch-end ``last.ckpt``) and goes on from the newest.
 """
 
+import itertools
 import logging
 import os
 from datetime import datetime
@@ -22,8 +23,12 @@ def job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-def run_folder_name() -> str:
-    """``slurm/<job id>`` inside a SLURM job (every task and every requeue agree on it), else the date and time."""
+def run_folder_name(parent: str) -> str:
+    """``slurm/<job id>`` inside a SLURM job (every task and every requeue agree on it), else the date and time.
+
+    Outside SLURM the folder is created here, under ``parent``, so that runs started in the same second (a script
+    that starts two in the background) each own one: the later ones get ``_2``, ``_3``, ... after the time.
+    """
     found = None
     # Outside SLURM (no task count set) Lightning is not imported: this runs as Hydra resolves the run folder, before
     # the config is checked, and a mistake on the command line should be reported without waiting for it.
@@ -31,7 +36,19 @@ def run_folder_name() -> str:
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
         found = job_id() if SLURMEnvironment.detect() else None
-    return f"slurm/{found}" if found else datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    if found:
+        return f"slurm/{found}"
+    started = datetime.now()
+    day = Path(parent) / started.strftime("%Y-%m-%d")
+    day.mkdir(parents=True, exist_ok=True)
+    for count in itertools.count(1):
+        name = started.strftime("%H-%M-%S") + (f"_{count}" if count > 1 else "")
+        try:
+            (day / name).mkdir()
+        except FileExistsError:
+            continue
+        return f"{day.name}/{name}"
+    raise AssertionError("unreachable")
 
 
 def restart_count() -> int:
