@@ -1,6 +1,6 @@
 """tierkit's headline figures side by side with what a user would otherwise do, on one machine in one run.
 
-    python -m benchmarks.compare [--data NAME] [--quick] [--tiers SWEEP] [--tier-overrides KEY=VALUE ...]
+    python -m benchmarks.compare [--data NAME] [--quick] [--tiers SWEEP] [--tier-overrides [TIER:]KEY=VALUE ...]
                                  [--readme] [--out DIR] [--work DIR]
 
 Rows: the teacher in FP32 (the reference); the teacher made smaller by the tools a user would pick instead, each
@@ -262,11 +262,29 @@ def make_teacher_rows(teacher, datamodule, scratch: Path, mode: Mode, lowend_epo
     return files, notes
 
 
+def split_tier(override: str) -> tuple[str | None, str]:
+    """``lowend:model=separable`` -> ("lowend", "model=separable"); an override without a tier prefix -> (None, it)."""
+    tier, colon, rest = override.partition(":")
+    return (tier, rest) if colon and tier in TIERS else (None, override)
+
+
+def overrides_for_tier(tier: str, tier_overrides: list[str]) -> list[str]:
+    """The ``--tier-overrides`` that reach ``tier``'s run: plain ones go to every tier, ``<tier>:...`` to that one."""
+    return [rest for named, rest in map(split_tier, tier_overrides) if named in (None, tier)]
+
+
+def tier_overrides_name(base: str, tier_overrides: list[str]) -> str:
+    """``override_name`` for tier overrides; one meant for a single tier is named with it (``lowend-separable``)."""
+    named = [f"{tier}-{rest.split('=', 1)[-1]}" if tier else rest for tier, rest in map(split_tier, tier_overrides)]
+    return override_name(base, named)
+
+
 def build_files(
     scratch: Path, mode: Mode, tiers: Path | None, overrides: list[str], tier_overrides: list[str]
 ) -> Built:
     """Every model to compare as a file, and the per-seed accuracies, tier metrics and stage times the checks use.
-    ``tier_overrides`` go to the three tier runs only, which then train in a folder named by their values."""
+    ``tier_overrides`` go to the tier runs only (``<tier>:`` ones to that tier), which then train in a folder named
+    by their values."""
     cfg = base_config(scratch, overrides)
     datamodule = instantiate(cfg.data, where="data")
     datamodule.setup()
@@ -295,10 +313,11 @@ def build_files(
                 files[name] = student_file(metrics, scratch / f"{slug}.onnx", shape)
         notes[name] = f"seed {mode.seeds[0]} (of {len(mode.seeds)} for the distillation check)"
     if tiers is None:
-        tiers = scratch / override_name("tiers", tier_overrides)
+        tiers = scratch / tier_overrides_name("tiers", tier_overrides)
         for tier in TIERS:
-            print(f"training tier={tier}", " ".join(tier_overrides), flush=True)
-            finished_or_train([*overrides, *tier_overrides, f"tier={tier}"], tiers / tier)
+            own = overrides_for_tier(tier, tier_overrides)
+            print(f"training tier={tier}", " ".join(own), flush=True)
+            finished_or_train([*overrides, *own, f"tier={tier}"], tiers / tier)
     tier_metrics = tier_runs(tiers)
     for tier in TIERS:
         stages[f"tier {tier}: distil, prune, quantize"] = (tier_metrics[tier]["train_seconds"], "")
@@ -612,8 +631,8 @@ def main() -> None:
         nargs="+",
         default=[],
         metavar="OVERRIDE",
-        help="Hydra overrides for the three tier runs only (e.g. student=from_teacher callbacks.pruning.mode=budget); "
-        "results are named by their values",
+        help="Hydra overrides for the three tier runs only (e.g. student=from_teacher callbacks.pruning.mode=budget), "
+        "or for one tier with its name in front (lowend:model=separable); results are named by their values",
     )
     parser.add_argument("--readme", action="store_true", help="also write the tables into README.md")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results; --quick needs one)")
@@ -646,7 +665,7 @@ def main() -> None:
     command += " --tier-overrides " + " ".join(args.tier_overrides) if args.tier_overrides else ""
     lines = table_lines(rows, built, loop, results, floor, command)
     folder = args.out or RESULTS
-    name = override_name(f"compare_{args.data}" if args.data else "compare", args.tier_overrides)
+    name = tier_overrides_name(f"compare_{args.data}" if args.data else "compare", args.tier_overrides)
     payload = {
         "mode": "quick" if args.quick else "full",
         "data": args.data,

@@ -231,6 +231,20 @@ def test_tier_overrides_name_their_own_tier_runs_and_results():
     assert override_name("tiers", ["model@model.student=mlp"]) == "tiers_mlp"
 
 
+def test_a_tier_override_with_a_tier_in_front_reaches_that_tier_alone():
+    from benchmarks.compare import overrides_for_tier, tier_overrides_name
+
+    given = ["trainer.max_epochs=30", "lowend:model=separable", "lowend:~callbacks.pruning", "+x=${oc.env:HOME}"]
+    assert overrides_for_tier("lowend", given) == [
+        "trainer.max_epochs=30",
+        "model=separable",
+        "~callbacks.pruning",
+        "+x=${oc.env:HOME}",
+    ]
+    assert overrides_for_tier("highend", given) == ["trainer.max_epochs=30", "+x=${oc.env:HOME}"]
+    assert tier_overrides_name("tiers", given[:3]) == "tiers_30_lowend-separable_lowend-callbacks-pruning"
+
+
 def test_every_pruning_benchmark_variant_is_a_valid_training_config(tmp_path):
     from benchmarks.common import SCRATCH_STUDENT
     from benchmarks.pruning import VARIANTS, overrides_for
