@@ -6,7 +6,6 @@ requeued job finds the checkpoints of the first attempt (Lightning's ``hpc_ckpt_
 signal, or the epoch-end ``last.ckpt``) and goes on from the newest.
 """
 
-import itertools
 import logging
 import os
 from datetime import datetime
@@ -41,14 +40,14 @@ def run_folder_name(parent: str) -> str:
     started = datetime.now()
     day = Path(parent) / started.strftime("%Y-%m-%d")
     day.mkdir(parents=True, exist_ok=True)
-    for count in itertools.count(1):
-        name = started.strftime("%H-%M-%S") + (f"_{count}" if count > 1 else "")
+    name, count = started.strftime("%H-%M-%S"), 1
+    while True:
         try:
             (day / name).mkdir()
+            return f"{day.name}/{name}"
         except FileExistsError:
-            continue
-        return f"{day.name}/{name}"
-    raise AssertionError("unreachable")
+            count += 1
+            name = f"{started:%H-%M-%S}_{count}"
 
 
 def restart_count() -> int:
