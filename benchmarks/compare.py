@@ -76,6 +76,7 @@ from tierkit.quant import calibration_samples
 from tierkit.run_folder import RunFolder
 from tierkit.stages.export import export
 from tierkit.stages.teacher import obtain_teacher
+from tierkit.utils.files import atomic_write
 from tierkit.utils.instantiate import instantiate
 from tierkit.utils.noise import silence_known_noise
 
@@ -222,44 +223,69 @@ def tier_runs(tiers: Path) -> dict[str, dict]:
     return {tier: RunFolder(folder).read_metrics().to_dict() for tier, folder in tier_run_folders(tiers).items()}
 
 
+class RowRecord:
+    """``teacher_rows.json`` in the work folder: each teacher or peer row's file and note, recorded as soon as the
+    row is made, so a comparison stopped part-way makes only the rows it lacks when it is started again."""
+
+    def __init__(self, scratch: Path):
+        self.path = scratch / "teacher_rows.json"
+        made = json.loads(self.path.read_text()) if self.path.is_file() else {"files": {}, "notes": {}}
+        self.files = {name: scratch / file for name, file in made["files"].items() if (scratch / file).is_file()}
+        self.notes = {name: note for name, note in made["notes"].items() if name in self.files}
+
+    def row(self, name: str, make: Callable[[], tuple[Path, str | None]]) -> Path:
+        """The file of row ``name``: the recorded one, or ``make()``'s (a file and a note or None), then recorded."""
+        if name in self.files:
+            print(f"{name}: reusing {self.files[name].name}", flush=True)
+            return self.files[name]
+        print(f"{name}: making it", flush=True)
+        path, note = make()
+        self.files[name] = path
+        if note is not None:
+            self.notes[name] = note
+        record = {"files": {n: p.name for n, p in self.files.items()}, "notes": self.notes}
+        atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(record)))
+        return path
+
+
 def teacher_rows(teacher, datamodule, scratch: Path, mode: Mode, lowend_epochs: int) -> tuple[dict, dict]:
-    """The teacher and what each peer tool makes of it, as files, with notes for the table; taken from
-    ``teacher_rows.json`` when an earlier run in the same work folder made them all."""
-    record = scratch / "teacher_rows.json"
-    if record.is_file():
-        made = json.loads(record.read_text())
-        files = {name: scratch / file for name, file in made["files"].items()}
-        if all(path.is_file() for path in files.values()):
-            print(f"teacher and peer rows: reusing the files {record} lists", flush=True)
-            return files, made["notes"]
-    files, notes = make_teacher_rows(teacher, datamodule, scratch, mode, lowend_epochs)
-    record.write_text(json.dumps({"files": {name: path.name for name, path in files.items()}, "notes": notes}))
-    return files, notes
-
-
-def make_teacher_rows(teacher, datamodule, scratch: Path, mode: Mode, lowend_epochs: int) -> tuple[dict, dict]:
+    """The teacher and what each peer tool makes of it, as files, with notes for the table."""
+    record = RowRecord(scratch)
     shape = tuple(datamodule.input_shape)
-    files, notes = {}, {}
-    print("teacher: FP32 and ONNX Runtime INT8", flush=True)
-    files["teacher"] = export_onnx(teacher, scratch / "teacher_fp32.onnx", shape)
     samples = calibration_samples(datamodule, 512, 64)
-    files["teacher ORT INT8"] = ort_default_int8(files["teacher"], scratch / "teacher_ort_int8.onnx", samples)
-    print(f"teacher: ModelPruning 50%, {mode.modelpruning_epochs} epochs", flush=True)
-    pruned = modelpruning_copy(teacher, datamodule, 0.5, mode.modelpruning_epochs, lr=1e-3)
-    notes["teacher ModelPruning 50%"] = f"{100 * zero_fraction(pruned):.0f}% zero weights"
-    files["teacher ModelPruning 50%"] = export_onnx(pruned, scratch / "teacher_modelpruning.onnx", shape)
-    print(f"teacher: torch-pruning 50%, {lowend_epochs} epochs (lowend's), then ONNX Runtime INT8", flush=True)
-    slim = torch_pruning_copy(teacher, datamodule, 0.5, lowend_epochs, lr=1e-3)
-    slim_fp32 = export_onnx(slim, scratch / "teacher_torch_pruning_fp32.onnx", shape)
-    name = "teacher torch-pruning 50% + ORT INT8"
-    files[name] = ort_default_int8(slim_fp32, scratch / "teacher_torch_pruning_int8.onnx", samples)
-    notes[name] = f"{sum(p.numel() for p in slim.parameters()):,} parameters, {lowend_epochs} epochs"
-    print("teacher: NNCF INT8, plain and with accuracy control", flush=True)
-    files["teacher NNCF INT8"] = nncf_int8(files["teacher"], scratch / "teacher_nncf_int8.onnx", samples)
-    files["teacher NNCF INT8, accuracy control"] = nncf_int8_accuracy_control(
-        files["teacher"], scratch / "teacher_nncf_accuracy_control.onnx", samples, datamodule, NNCF_MAX_DROP
-    )
-    return files, notes
+
+    def modelpruning() -> tuple[Path, str]:
+        pruned = modelpruning_copy(teacher, datamodule, 0.5, mode.modelpruning_epochs, lr=1e-3)
+        path = export_onnx(pruned, scratch / "teacher_modelpruning.onnx", shape)
+        return path, f"{100 * zero_fraction(pruned):.0f}% zero weights"
+
+    def torch_pruning() -> tuple[Path, str]:
+        slim = torch_pruning_copy(teacher, datamodule, 0.5, lowend_epochs, lr=1e-3)
+        slim_fp32 = export_onnx(slim, scratch / "teacher_torch_pruning_fp32.onnx", shape)
+        path = ort_default_int8(slim_fp32, scratch / "teacher_torch_pruning_int8.onnx", samples)
+        return path, f"{sum(p.numel() for p in slim.parameters()):,} parameters, {lowend_epochs} epochs"
+
+    files = {
+        "teacher": record.row("teacher", lambda: (export_onnx(teacher, scratch / "teacher_fp32.onnx", shape), None))
+    }
+    makers = {
+        "teacher ORT INT8": lambda: (
+            ort_default_int8(files["teacher"], scratch / "teacher_ort_int8.onnx", samples),
+            None,
+        ),
+        "teacher ModelPruning 50%": modelpruning,
+        "teacher torch-pruning 50% + ORT INT8": torch_pruning,
+        "teacher NNCF INT8": lambda: (nncf_int8(files["teacher"], scratch / "teacher_nncf_int8.onnx", samples), None),
+        "teacher NNCF INT8, accuracy control": lambda: (
+            nncf_int8_accuracy_control(
+                files["teacher"], scratch / "teacher_nncf_accuracy_control.onnx", samples, datamodule, NNCF_MAX_DROP
+            ),
+            None,
+        ),
+    }
+    for name, make in makers.items():
+        files[name] = record.row(name, make)
+    return files, record.notes
 
 
 def split_tier(override: str) -> tuple[str | None, str]:

@@ -200,6 +200,30 @@ def test_a_stopped_compare_reuses_finished_runs_and_retrains_unfinished_ones(tmp
     assert trained == [stopped] and not (stopped / "checkpoints").exists()
 
 
+def test_a_stopped_compare_makes_only_the_peer_rows_it_lacks(tmp_path):
+    from benchmarks.compare import RowRecord
+
+    made = []
+
+    def make(name):
+        def write():
+            made.append(name)
+            path = tmp_path / f"{name}.onnx"
+            path.write_bytes(b"model")
+            return path, f"note of {name}"
+
+        return write
+
+    first = RowRecord(tmp_path)
+    first.row("a", make("a"))
+    first.row("b", make("b"))
+    (tmp_path / "b.onnx").unlink()  # a row whose file is gone is made again
+    again = RowRecord(tmp_path)
+    assert [again.row(name, make(name)) for name in ("a", "b", "c")] == [tmp_path / f"{n}.onnx" for n in "abc"]
+    assert made == ["a", "b", "b", "c"]
+    assert RowRecord(tmp_path).notes == {name: f"note of {name}" for name in "abc"}
+
+
 def test_a_tier_that_ships_nothing_is_compared_by_the_variant_closest_to_shipping():
     from benchmarks.compare import best_effort
 
