@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import nn
 
 from tierkit.errors import TierkitError
@@ -60,3 +61,10 @@ def require_rank(model: str, input_shape: Sequence[int], rank: int) -> None:
         where="model",
         fix=f"use model={suited} for this data (or your own model)",
     )
+
+
+def weights_device(module: nn.Module) -> torch.device | None:
+    """Where ``module``'s parameters are (None without any): where a tensor made for it, or a module added to it,
+    must go, which can differ from the device Lightning names before it has moved the module."""
+    weights = next(module.parameters(), None)
+    return weights.device if weights is not None else None

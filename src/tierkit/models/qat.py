@@ -15,6 +15,7 @@ import torch
 from torch import fx, nn
 
 from tierkit.errors import TierkitError
+from tierkit.models.common import weights_device
 from tierkit.models.fake_quant import ActivationFakeQuant, WeightFakeQuant
 
 STAGES = ("float", "weights", "activations", "frozen")
@@ -147,8 +148,7 @@ def prepare_qat(
     graph = gm.graph
     kept_float = _first_compute(gm) if float_first_layer else None
     # A callback prepares the model where training already put it (a GPU): the new quantizers' buffers go there too.
-    weights = next(model.parameters(), None)
-    device = weights.device if weights is not None else None
+    device = weights_device(model)
     for node in list(graph.nodes):
         module = _module(gm, node)
         if node is kept_float:

@@ -14,6 +14,7 @@ from lightning import Callback
 from torch import nn
 
 from tierkit.errors import TierkitError
+from tierkit.models.common import weights_device
 from tierkit.models.structure import apply_structure, describe_structure
 from tierkit.prune.schedules import pruning_schedule
 from tierkit.prune.surgery import (
@@ -233,8 +234,7 @@ class StructuredPruning(Callback):
         """The example input goes where the student's weights are: in ``setup`` Lightning has not yet moved the
         module to the accelerator, although ``pl_module.device`` already names it."""
         shape = trainer.datamodule.input_shape
-        weights = next(pl_module.student.parameters(), None)
-        device = weights.device if weights is not None else pl_module.device
+        device = weights_device(pl_module.student) or pl_module.device
         return pl_module.student, torch.zeros(1, *shape, device=device)
 
     def check_epoch(self) -> int | None:
