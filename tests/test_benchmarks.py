@@ -103,7 +103,7 @@ def test_readme_comparison_is_the_scripts_latest_output():
     readme = (REPO / "README.md").read_text()
     block = readme.split("<!-- compare:start -->\n", 1)[1].split("\n<!-- compare:end -->", 1)[0]
     # The block ends with its plot, benchmarks/results/compare[_<data>].png: the table beside it is the source.
-    plot = re.search(r"\(benchmarks/results/(compare[\w]*)\.png\)", block)
+    plot = re.search(r"\(benchmarks/results/(compare[\w-]*)\.png\)", block)
     assert plot, "the README's comparison block names no plot"
     table = (REPO / "benchmarks" / "results" / f"{plot.group(1)}.md").read_text().rstrip("\n")
     assert block.startswith(table)
