@@ -44,9 +44,16 @@ def ort_default_int8(fp32_path: Path, out_path: Path, samples: np.ndarray, batch
 
 
 def fit_with_labels(
-    model: torch.nn.Module, datamodule: L.LightningDataModule, epochs: int, lr: float, callbacks: list | None = None
+    model: torch.nn.Module,
+    datamodule: L.LightningDataModule,
+    epochs: int,
+    lr: float,
+    callbacks: list | None = None,
+    seed: int = 1,
 ) -> torch.nn.Module:
-    """Train every parameter of ``model`` with cross-entropy on the labels (AdamW at ``lr``) for ``epochs``."""
+    """Train every parameter of ``model`` with cross-entropy on the labels (AdamW at ``lr``) for ``epochs``.
+    Seeded, so that a peer row does not depend on what the process drew before it (batch order, augmentation)."""
+    L.seed_everything(seed, workers=True, verbose=False)
     model.train()
     for parameter in model.parameters():
         parameter.requires_grad_(True)

@@ -1,5 +1,6 @@
 """benchmarks.compare end to end in its quick mode, and the README's comparison kept in step with its output."""
 
+import copy
 import json
 import re
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 from benchmarks.memory import MAX_GROWTH, MAX_SLOPE_MIB_PER_EPOCH
 from tierkit.conf.validate import validate_train_config
 
-from conftest import REPO, compose_train
+from conftest import FAST, REPO, compose_train
 
 COMPARE = "benchmarks.compare"
 MEMORY = "benchmarks.memory"
@@ -462,3 +463,23 @@ def test_students_requantize_a_run_with_its_first_layer_in_float_and_its_own_set
     assert row["precision"] == "int8 (ptq, first layer float)" and row["bytes"] < fp32.stat().st_size
     assert len(float_compute_ops(tmp_path / "int8.onnx")) == 1, "only the first layer computes in float"
     assert 0 <= row["val_acc"] <= 1 and 0 <= row["test_acc"] <= 1
+
+
+def test_a_peer_fine_tune_is_the_same_whatever_the_process_drew_before(tmp_path):
+    import torch
+
+    from benchmarks.baselines import fit_with_labels
+    from tierkit.models.build import build_student
+    from tierkit.utils.instantiate import instantiate
+
+    cfg = compose_train(tmp_path, *FAST)
+    datamodule = instantiate(cfg.data, where="data")
+    datamodule.setup()
+    start = build_student(cfg)
+    weights = []
+    for draw in (0, 123):
+        torch.manual_seed(draw)  # what an earlier row or training left in the generators
+        model = fit_with_labels(copy.deepcopy(start), datamodule, epochs=1, lr=1e-2)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(weights[0], weights[1])
+    assert not torch.equal(weights[0], torch.cat([p.detach().flatten() for p in start.parameters()]))
