@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -17,6 +18,7 @@ from wandb.proto import wandb_internal_pb2
 
 from tierkit.cli.launch import check_swept_group_options
 from tierkit.errors import TierkitError
+from tierkit.utils import files
 
 from conftest import CONFIG_DIR, FAST, compose_train, run_cli
 
@@ -116,6 +118,15 @@ def _submitit_times(log: Path) -> tuple[datetime, datetime]:
 
 
 @pytest.mark.slow
+def test_multiruns_started_in_the_same_second_each_get_their_own_sweep_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "datetime", SimpleNamespace(now=lambda: datetime(2026, 12, 4, 13, 20, 43)))
+    configs = [compose_train(tmp_path, f"paths.root_dir={tmp_path}", hydra_config=True) for _ in range(2)]
+    sweeps = [config.hydra.sweep.dir for config in configs]
+    assert sweeps == [f"{tmp_path}/multirun/2026-12-04/13-20-43", f"{tmp_path}/multirun/2026-12-04/13-20-43_2"]
+    assert configs[0].hydra.sweep.dir == sweeps[0], "every reading within one launch names the same folder"
+    assert all(Path(sweep).is_dir() for sweep in sweeps), "created as it is named, so no other sweep can take it"
+
+
 def test_submitit_local_runs_the_jobs_in_parallel_each_in_its_own_folder_with_one_teacher(sweep):
     root, sweep = sweep
     metrics = [json.loads((sweep / str(n) / "metrics.json").read_text()) for n in (0, 1)]

@@ -11,7 +11,7 @@ import pytest
 
 from tierkit.data.base import EpochShuffle
 from tierkit.run_folder import RunFolder
-from tierkit.utils import slurm
+from tierkit.utils import files
 from tierkit.utils.resume import restart_epoch_at_its_start
 from tierkit.utils.slurm import requeued_checkpoint, run_folder_name
 
@@ -38,7 +38,7 @@ def test_a_run_outside_slurm_is_named_after_its_start_time(monkeypatch, tmp_path
 def test_runs_started_in_the_same_second_each_get_their_own_folder(monkeypatch, tmp_path):
     for key in [k for k in os.environ if k.startswith("SLURM_")]:
         monkeypatch.delenv(key)
-    monkeypatch.setattr(slurm, "datetime", SimpleNamespace(now=lambda: datetime(2026, 12, 4, 13, 20, 43)))
+    monkeypatch.setattr(files, "datetime", SimpleNamespace(now=lambda: datetime(2026, 12, 4, 13, 20, 43)))
     names = [run_folder_name(str(tmp_path)) for _ in range(3)]
     assert names == ["2026-12-04/13-20-43", "2026-12-04/13-20-43_2", "2026-12-04/13-20-43_3"]
 

@@ -8,6 +8,7 @@ import os
 import pickle
 import tempfile
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,22 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def dated_folder(parent: str | Path) -> str:
+    """Create ``<date>/<time>`` under ``parent`` now and return that name, so that runs or sweeps started in the same
+    second (a script that starts two in the background) each own one: the later ones get ``_2``, ``_3``, ...."""
+    started = datetime.now()
+    day = Path(parent) / started.strftime("%Y-%m-%d")
+    day.mkdir(parents=True, exist_ok=True)
+    name, count = started.strftime("%H-%M-%S"), 1
+    while True:
+        try:
+            (day / name).mkdir()
+            return f"{day.name}/{name}"
+        except FileExistsError:
+            count += 1
+            name = f"{started:%H-%M-%S}_{count}"
 
 
 def write_json(path: str | Path, data: Any) -> Path:

@@ -8,6 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
+from tierkit.utils.files import dated_folder
 from tierkit.utils.slurm import run_folder_name
 
 
@@ -59,3 +60,5 @@ OmegaConf.register_new_resolver("tierkit.wandb_run_name", wandb_run_name, replac
 OmegaConf.register_new_resolver("tierkit.sqlite", sqlite_url, replace=True)
 # Cached: every reading within one process names the same folder, as Hydra's ${now:} does.
 OmegaConf.register_new_resolver("tierkit.run_folder", run_folder_name, replace=True, use_cache=True)
+# Hydra copies this cache into every job's config, submitit's pickled ones included, so all jobs share the folder.
+OmegaConf.register_new_resolver("tierkit.sweep_folder", dated_folder, replace=True, use_cache=True)

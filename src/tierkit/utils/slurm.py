@@ -8,8 +8,9 @@ signal, or the epoch-end ``last.ckpt``) and goes on from the newest.
 
 import logging
 import os
-from datetime import datetime
 from pathlib import Path
+
+from tierkit.utils.files import dated_folder
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,7 @@ def job_id() -> str | None:
 def run_folder_name(parent: str) -> str:
     """``slurm/<job id>`` inside a SLURM job (every task and every requeue agree on it), else the date and time.
 
-    Outside SLURM the folder is created here, under ``parent``, so that runs started in the same second (a script
-    that starts two in the background) each own one: the later ones get ``_2``, ``_3``, ... after the time.
+    Outside SLURM the folder is created here, under ``parent`` (see ``dated_folder``).
     """
     found = None
     # Outside SLURM (no task count set) Lightning is not imported: this runs as Hydra resolves the run folder, before
@@ -37,17 +37,7 @@ def run_folder_name(parent: str) -> str:
         found = job_id() if SLURMEnvironment.detect() else None
     if found:
         return f"slurm/{found}"
-    started = datetime.now()
-    day = Path(parent) / started.strftime("%Y-%m-%d")
-    day.mkdir(parents=True, exist_ok=True)
-    name, count = started.strftime("%H-%M-%S"), 1
-    while True:
-        try:
-            (day / name).mkdir()
-            return f"{day.name}/{name}"
-        except FileExistsError:
-            count += 1
-            name = f"{started:%H-%M-%S}_{count}"
+    return dated_folder(parent)
 
 
 def restart_count() -> int:
