@@ -171,11 +171,13 @@ def test_export_profiles_every_setting_and_ships_one_variant_per_tier(exported):
         passed = all(v["checks"].values()) and v["precision"] in v["allowed_precisions"]
         assert passed or not v["ships"], "a variant over budget never ships"
         passing += [v] if passed else []
-    # Exactly one ships when any passes its budgets, and it is the fastest of those on the budget hardware.
+    # Exactly one ships when any passes its budgets: the fastest of those on the budget hardware, or one that times
+    # within ship_latency_tolerance (5%) of it and is at least as accurate on validation.
     assert len(shipped) == min(1, len(passing))
     if shipped:
-        fastest = min(budget_latency(v)["p50_ms"] for v in passing)
-        assert budget_latency(shipped[0])["p50_ms"] == fastest
+        fastest = min(passing, key=lambda v: budget_latency(v)["p50_ms"])
+        assert budget_latency(shipped[0])["p50_ms"] <= 1.05 * budget_latency(fastest)["p50_ms"]
+        assert shipped[0]["val_accuracy"] >= fastest["val_accuracy"]
         assert f"midrange ships {shipped[0]['name']}" in result.stdout
     else:
         assert "midrange ships nothing" in result.stdout

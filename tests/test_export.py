@@ -90,6 +90,32 @@ def test_full_range_int8_ships_only_where_it_is_exact_and_the_7_bit_file_stands_
     assert "ships for x86 without VNNI" in reduced["why"] and "8-bit INT8 weights saturate" in reduced["why"]
 
 
+def _int8_pair(full_p50: float, reduced_p50: float) -> tuple[dict, dict]:
+    """A full-range INT8 file more accurate on validation than its 7-bit twin, at the given p50s."""
+    full = {**_variant("int8", 0.9234, 23, full_p50), "val_accuracy": 0.925, "cpu_classes": ["x86_vnni", "arm"]}
+    reduced = {**_variant("int8", 0.9226, 23, reduced_p50), "name": "lowend-int8-w7", "val_accuracy": 0.9238}
+    reduced["cpu_classes"] = ["x86_vnni", "x86_no_vnni", "arm"]
+    return full, reduced
+
+
+def test_of_variants_that_time_alike_the_more_accurate_on_validation_ships():
+    full, reduced = _int8_pair(0.0606, 0.0603)
+    choose_shipping([full, reduced], reference_accuracy=0.93, latency_tolerance=0.05)
+    assert full["ships"] and full["ships_for"] == ["x86_vnni", "arm"], "0.5% slower is timing noise, not a loss"
+    assert reduced["ships_for"] == ["x86_no_vnni", "unknown_cpu"], "the exact file still stands in without VNNI"
+    assert "most accurate on validation (92.50%) of those within 5% of the fastest" in full["why"]
+    assert "lowend-int8 is as fast on cpu_1thread (within 5%: 0.0606 ms vs 0.0603 ms)" in reduced["why"]
+    assert "more accurate on validation (92.50% vs 92.38%)" in reduced["why"]
+
+
+def test_with_no_latency_tolerance_or_a_clear_gap_the_fastest_ships_whatever_its_accuracy():
+    for tolerance, full_p50 in ((0.0, 0.0606), (0.05, 0.0700)):
+        full, reduced = _int8_pair(full_p50, 0.0603)
+        choose_shipping([full, reduced], reference_accuracy=0.93, latency_tolerance=tolerance)
+        assert reduced["ships"] and not full["ships"] and full["ships_for"] == []
+        assert "fastest of 2" in reduced["why"] and "lowend-int8-w7 is faster" in full["why"]
+
+
 def test_without_an_exact_int8_file_cpus_without_vnni_get_the_fastest_float_variant():
     fp32 = _variant("fp32", 0.985, 40, 0.05)
     full = {**_variant("int8", 0.985, 15, 0.02), "cpu_classes": ["x86_vnni", "arm"]}

@@ -183,6 +183,10 @@ def _two_ship(m):
     m["variants"][1]["ships_for"] = ["arm"]
 
 
+def _val_percent(m):
+    m["variants"][2]["val_accuracy"] = 92.5
+
+
 def _cuda_setting(m):
     m["variants"][3]["setting"]["hardware"] = "cuda"
 
@@ -198,8 +202,19 @@ def _cuda_setting(m):
         (_version, "schema_version", "re-export"),
         (_two_ship, "variants[1].ships", "exactly one variant per tier"),
         (_cuda_setting, "variants[3].setting.hardware", "no row in variants[3].latency"),
+        (_val_percent, "variants[2].val_accuracy", "must be a number"),
     ],
-    ids=["missing-key", "wrong-type", "sha256-format", "dotdot", "absolute", "schema-version", "two-ship", "setting"],
+    ids=[
+        "missing-key",
+        "wrong-type",
+        "sha256-format",
+        "dotdot",
+        "absolute",
+        "schema-version",
+        "two-ship",
+        "setting",
+        "val-accuracy",
+    ],
 )
 def test_schema_violation_names_path_file_and_fix(export, corrupt, path, hint):
     manifest = json.loads(export.read_text())

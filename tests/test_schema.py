@@ -223,6 +223,10 @@ def test_every_key_of_the_export_config_has_a_schema_entry_and_validates(tmp_pat
     cfg.profiling.graph_optimization_levels = ["ORT_ENABLE_EVERYTHING"]
     with pytest.raises(TierkitError, match=r"unknown profiling\.graph_optimization_levels 'ORT_ENABLE_EVERYTHING'"):
         validate_export_config(cfg)
+    cfg.profiling.graph_optimization_levels = ["ORT_ENABLE_ALL"]
+    cfg.ship_latency_tolerance = -0.05
+    with pytest.raises(TierkitError, match=r"ship_latency_tolerance=-0\.05 must be at least 0"):
+        validate_export_config(cfg)
 
 
 @pytest.mark.parametrize("option", sorted(path.stem for path in (CONFIG_DIR / "hardware").glob("*.yaml")))

@@ -279,6 +279,10 @@ class ExportSchema:
     reduce_range: bool | None = setting("deprecated: true means int8_weight_bits=[7], false [8]")
     per_channel: bool | None = setting("one weight scale per output channel; null: each run's own")
     float_first_layer: bool | None = setting("post-training INT8 leaves the first layer in float; null: each run's own")
+    ship_latency_tolerance: float = setting(
+        "p50s within this fraction of the fastest passing variant's tie; the most accurate on validation ships",
+        NOT_NEGATIVE,
+    )
     profiling: ProfilingSchema = field(default_factory=ProfilingSchema)
     wandb: ExportWandbSchema = field(default_factory=ExportWandbSchema)
     paths: PathsSchema = field(default_factory=PathsSchema)

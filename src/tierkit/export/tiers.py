@@ -54,14 +54,28 @@ def _exact_classes(variant: dict) -> list[str]:
     return variant.get("cpu_classes", list(CPU_CLASSES))
 
 
-def choose_shipping(variants: list[dict], reference_accuracy: float) -> None:
+def _pick(candidates: list[dict], tolerance: float) -> dict:
+    """The fastest of ``candidates`` on their budget hardware, or, among those within ``tolerance`` of its p50 (the
+    timing noise of one machine), the most accurate on the validation split, then the smallest."""
+    best = min(budget_latency(v)["p50_ms"] for v in candidates)
+    tied = [v for v in candidates if budget_latency(v)["p50_ms"] <= best * (1 + tolerance)]
+    return max(tied, key=lambda v: (v.get("val_accuracy", 0.0), -v["bytes"], -budget_latency(v)["p50_ms"]))
+
+
+def _ms(variant: dict) -> str:
+    return f"{budget_latency(variant)['p50_ms']:.4f} ms"
+
+
+def choose_shipping(variants: list[dict], reference_accuracy: float, latency_tolerance: float = 0.0) -> None:
     """Mark the variants each tier ships and set every variant's ``why``.
 
     Among the variants of a tier that pass all its budgets and use a precision the tier allows, the one with the
     lowest p50 on the tier's budget hardware ships (``ships``): for very small models FP32 can beat INT8, so it is
-    measured, not assumed. ``ships_for`` lists the CPU classes each variant is the tier's pick for: where the
-    winner is not exact (full-range INT8 on x86 without VNNI, or a device that does not say its CPU), the fastest
-    passing variant that is exact there stands in. A tier where nothing passes ships nothing, and says why.
+    measured, not assumed. p50s within ``latency_tolerance`` (a fraction) of the fastest count as equally fast,
+    and the most accurate of those on the validation split ships, so timing noise does not pick a less accurate
+    file. ``ships_for`` lists the CPU classes each variant is the tier's pick for: where the winner is not exact
+    (full-range INT8 on x86 without VNNI, or a device that does not say its CPU), the pick among the passing
+    variants that are exact there stands in. A tier where nothing passes ships nothing, and says why.
     """
     for tier in dict.fromkeys(v["tier"] for v in variants):
         members = [v for v in variants if v["tier"] == tier]
@@ -82,28 +96,48 @@ def choose_shipping(variants: list[dict], reference_accuracy: float) -> None:
             continue
         passing.sort(key=lambda v: (budget_latency(v)["p50_ms"], v["bytes"]))
         for target in SHIPPING_TARGETS:
-            pick = next((v for v in passing if exact_on_target(_exact_classes(v), target)), None)
-            if pick is not None:
-                pick["ships_for"].append(target)
-        winner = passing[0]
+            exact = [v for v in passing if exact_on_target(_exact_classes(v), target)]
+            if exact:
+                _pick(exact, latency_tolerance)["ships_for"].append(target)
+        winner = _pick(passing, latency_tolerance)
         winner["ships"] = True
         hardware = winner["budget_hardware"]
-        others = ", ".join(f"{v['name']} {budget_latency(v)['p50_ms']:.4f} ms" for v in passing[1:])
-        winner["why"] = (
-            f"passes every budget and is the fastest of {len(passing)} that do on {hardware} "
-            f"(p50 {budget_latency(winner)['p50_ms']:.4f} ms" + (f"; {others})" if others else ")")
-        )
-        for variant in passing[1:]:
-            faster = (
-                f"{winner['name']} is faster on {hardware} "
-                f"({budget_latency(winner)['p50_ms']:.4f} vs {budget_latency(variant)['p50_ms']:.4f} ms)"
+        fastest = passing[0]
+        others = ", ".join(f"{v['name']} {_ms(v)}" for v in passing if v is not winner)
+        if winner is fastest:
+            winner["why"] = (
+                f"passes every budget and is the fastest of {len(passing)} that do on {hardware} "
+                f"(p50 {_ms(winner)}" + (f"; {others})" if others else ")")
             )
+        else:
+            winner["why"] = (
+                "passes every budget and is the most accurate on validation "
+                f"({100 * winner.get('val_accuracy', 0):.2f}%) of those within {100 * latency_tolerance:g}% "
+                f"of the fastest on {hardware} "
+                f"(p50 {_ms(winner)}; {others})"
+            )
+        for variant in passing:
+            if variant is winner:
+                continue
+            if budget_latency(variant)["p50_ms"] <= budget_latency(fastest)["p50_ms"] * (1 + latency_tolerance):
+                ours, theirs = (100 * v.get("val_accuracy", 0.0) for v in (winner, variant))
+                beaten = (
+                    f"{winner['name']} is as fast on {hardware} (within {100 * latency_tolerance:g}%: "
+                    f"{_ms(winner)} vs {_ms(variant)}) and "
+                    + (
+                        f"more accurate on validation ({ours:.2f}% vs {theirs:.2f}%)"
+                        if ours > theirs
+                        else f"as accurate on validation ({ours:.2f}%) and smaller or faster"
+                    )
+                )
+            else:
+                beaten = f"{winner['name']} is faster on {hardware} ({_ms(winner)} vs {_ms(variant)})"
             if variant["ships_for"]:
                 missing = ", ".join(TARGET_NAMES[t] for t in variant["ships_for"])
                 variant["why"] = (
                     f"passes every budget and ships for {missing}, where {winner['name']} is not exact "
                     f"({winner.get('weight_bits', 8)}-bit INT8 weights saturate on x86 without VNNI); elsewhere "
-                    + faster
+                    + beaten
                 )
             else:
-                variant["why"] = "passes every budget, but " + faster
+                variant["why"] = "passes every budget, but " + beaten

@@ -140,6 +140,8 @@ def _check_variant(c: _Checker, variant: Any, path: str) -> None:
         )
     c.integer(c.key(variant, "bytes", path), f"{path}.bytes", 1)
     c.number(c.key(variant, "accuracy", path), f"{path}.accuracy", 0, 1)
+    if "val_accuracy" in variant:  # optional: manifests written before it lack it
+        c.number(variant["val_accuracy"], f"{path}.val_accuracy", 0, 1)
     c.integer(c.key(variant, "params", path), f"{path}.params", 0)
     c.integer(c.key(variant, "macs", path), f"{path}.macs", 0)
     if c.key(variant, "peak_memory_mib", path) is not None:  # null where the export could not measure it

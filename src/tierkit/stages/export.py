@@ -62,7 +62,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         entries = {"teacher": teacher, **{v["name"]: v for v in variants}}
         files = {name: out / entry["file"] for name, entry in entries.items()}
         skipped = measure(files, entries, shape, cfg, HARDWARE_DIR, progress)
-    choose_shipping(variants, teacher["accuracy"])
+    choose_shipping(variants, teacher["accuracy"], cfg.ship_latency_tolerance)
     input_name = ort_session(files["teacher"]).get_inputs()[0].name
     measured_hardware = [row["hardware"] for row in teacher["latency"]]
     plot_hardware = cfg.profiling.plot_hardware
