@@ -106,6 +106,12 @@ def test_of_variants_that_time_alike_the_more_accurate_on_validation_ships():
     assert "most accurate on validation (92.50%) of those within 5% of the fastest" in full["why"]
     assert "lowend-int8 is as fast on cpu_1thread (within 5%: 0.0606 ms vs 0.0603 ms)" in reduced["why"]
     assert "more accurate on validation (92.50% vs 92.38%)" in reduced["why"]
+    reduced["val_accuracy"] = full["val_accuracy"]
+    choose_shipping([full, reduced], reference_accuracy=0.93, latency_tolerance=0.05)
+    assert reduced["ships"], "as accurate on validation, the faster file ships"
+    assert full["why"].endswith(
+        "as fast on cpu_1thread (within 5%: 0.0603 ms vs 0.0606 ms) and as accurate on validation (92.50%)"
+    )
 
 
 def test_with_no_latency_tolerance_or_a_clear_gap_the_fastest_ships_whatever_its_accuracy():

@@ -127,7 +127,12 @@ def choose_shipping(variants: list[dict], reference_accuracy: float, latency_tol
                     + (
                         f"more accurate on validation ({ours:.2f}% vs {theirs:.2f}%)"
                         if ours > theirs
-                        else f"as accurate on validation ({ours:.2f}%) and smaller or faster"
+                        else f"as accurate on validation ({ours:.2f}%)"
+                        + (
+                            ""
+                            if budget_latency(winner)["p50_ms"] <= budget_latency(variant)["p50_ms"]
+                            else " and smaller"
+                        )
                     )
                 )
             else:
