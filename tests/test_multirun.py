@@ -117,7 +117,6 @@ def _submitit_times(log: Path) -> tuple[datetime, datetime]:
     return stamps["Starting with"], stamps["Job completed"]
 
 
-@pytest.mark.slow
 def test_multiruns_started_in_the_same_second_each_get_their_own_sweep_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(files, "datetime", SimpleNamespace(now=lambda: datetime(2026, 12, 4, 13, 20, 43)))
     configs = [compose_train(tmp_path, f"paths.root_dir={tmp_path}", hydra_config=True) for _ in range(2)]
@@ -127,6 +126,7 @@ def test_multiruns_started_in_the_same_second_each_get_their_own_sweep_folder(tm
     assert all(Path(sweep).is_dir() for sweep in sweeps), "created as it is named, so no other sweep can take it"
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_the_jobs_in_parallel_each_in_its_own_folder_with_one_teacher(sweep):
     root, sweep = sweep
     metrics = [json.loads((sweep / str(n) / "metrics.json").read_text()) for n in (0, 1)]

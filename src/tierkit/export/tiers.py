@@ -66,6 +66,21 @@ def _ms(variant: dict) -> str:
     return f"{budget_latency(variant)['p50_ms']:.4f} ms"
 
 
+def _beaten_by(winner: dict, variant: dict, fastest: dict, tolerance: float) -> str:
+    """Why ``variant``, which passes every budget, does not ship where ``winner`` does."""
+    hardware = winner["budget_hardware"]
+    times = f"{_ms(winner)} vs {_ms(variant)}"
+    if budget_latency(variant)["p50_ms"] > budget_latency(fastest)["p50_ms"] * (1 + tolerance):
+        return f"{winner['name']} is faster on {hardware} ({times})"
+    ours, theirs = (100 * v.get("val_accuracy", 0.0) for v in (winner, variant))
+    if ours > theirs:
+        accuracy = f"more accurate on validation ({ours:.2f}% vs {theirs:.2f}%)"
+    else:
+        slower = budget_latency(winner)["p50_ms"] > budget_latency(variant)["p50_ms"]
+        accuracy = f"as accurate on validation ({ours:.2f}%)" + (" and smaller" if slower else "")
+    return f"{winner['name']} is as fast on {hardware} (within {100 * tolerance:g}%: {times}) and {accuracy}"
+
+
 def choose_shipping(variants: list[dict], reference_accuracy: float, latency_tolerance: float = 0.0) -> None:
     """Mark the variants each tier ships and set every variant's ``why``.
 
@@ -119,24 +134,7 @@ def choose_shipping(variants: list[dict], reference_accuracy: float, latency_tol
         for variant in passing:
             if variant is winner:
                 continue
-            if budget_latency(variant)["p50_ms"] <= budget_latency(fastest)["p50_ms"] * (1 + latency_tolerance):
-                ours, theirs = (100 * v.get("val_accuracy", 0.0) for v in (winner, variant))
-                beaten = (
-                    f"{winner['name']} is as fast on {hardware} (within {100 * latency_tolerance:g}%: "
-                    f"{_ms(winner)} vs {_ms(variant)}) and "
-                    + (
-                        f"more accurate on validation ({ours:.2f}% vs {theirs:.2f}%)"
-                        if ours > theirs
-                        else f"as accurate on validation ({ours:.2f}%)"
-                        + (
-                            ""
-                            if budget_latency(winner)["p50_ms"] <= budget_latency(variant)["p50_ms"]
-                            else " and smaller"
-                        )
-                    )
-                )
-            else:
-                beaten = f"{winner['name']} is faster on {hardware} ({_ms(winner)} vs {_ms(variant)})"
+            beaten = _beaten_by(winner, variant, fastest, latency_tolerance)
             if variant["ships_for"]:
                 missing = ", ".join(TARGET_NAMES[t] for t in variant["ships_for"])
                 variant["why"] = (
