@@ -307,13 +307,14 @@ def int8_files(
 
 def describe_file(path: Path, out: Path, datamodule, stats: dict[str, int]) -> dict:
     """What the manifest says of every model file: where it is, its digest and size, its accuracy and cost."""
+    session = ort_session(path)
     return {
         "file": path.relative_to(out).as_posix(),
         "sha256": sha256_of(path),
         "bytes": path.stat().st_size,
-        "accuracy": onnx_accuracy(ort_session(path), datamodule),
+        "accuracy": onnx_accuracy(session, datamodule),
         # What decides between variants that time alike: choosing on test would flatter the accuracy reported.
-        "val_accuracy": onnx_accuracy(ort_session(path), datamodule, "val"),
+        "val_accuracy": onnx_accuracy(session, datamodule, "val"),
         "params": stats["params"],
         "macs": stats["macs"],
     }
