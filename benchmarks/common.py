@@ -65,16 +65,57 @@ def describe() -> str:
     )
 
 
+def cpu_jiffies(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
+    """(stolen, total) CPU time of all cores so far, in jiffies, from the first line of /proc/stat; None where
+    there is none. Stolen time is what the hypervisor gave to other guests while this one was ready to run."""
+    if not stat.exists():
+        return None
+    fields = [int(value) for value in stat.read_text().split("\n", 1)[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal; guest time is already counted in user and nice.
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+BENCHMARK_STARTED = cpu_jiffies()
+
+
+def stolen_percent(
+    since: tuple[int, int] | None = BENCHMARK_STARTED, now: tuple[int, int] | None = None
+) -> float | None:
+    """The share of CPU time stolen by other guests since ``since`` (by default: since the benchmark started), in
+    percent: a run whose share is large was timed on a contended machine, so its speeds understate the CPU."""
+    now = now or cpu_jiffies()
+    if since is None or now is None or now[1] <= since[1]:
+        return None
+    return round(100 * (now[0] - since[0]) / (now[1] - since[1]), 2)
+
+
+def stolen_line(percent: float | None) -> list[str]:
+    """The results table's closing line on contention, or none where the OS does not report it."""
+    if percent is None:
+        return []
+    return [
+        "",
+        f"CPU time stolen by other guests of this virtual machine while the benchmark ran: {percent:.2f}% "
+        "(times measured while this is more than a few percent understate the CPU).",
+    ]
+
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def save_results(name: str, payload: dict, table_lines: list[str] | None = None, folder: Path = RESULTS) -> None:
-    """Write <folder>/<name>.json (with the machine description) and, given a table, <folder>/<name>.md."""
+def save_results(name: str, payload: dict, table_lines: list[str] | None = None, folder: Path = RESULTS) -> list[str]:
+    """Write <folder>/<name>.json (with the machine description and the CPU time stolen while the benchmark ran)
+    and, given a table, <folder>/<name>.md, ending with the stolen share; returns the lines written there."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.json").write_text(json.dumps({"machine": describe(), **payload}, indent=2, default=str) + "\n")
-    if table_lines is not None:
-        (folder / f"{name}.md").write_text("\n".join(table_lines) + "\n")
-        print("\n".join(table_lines))
+    stolen = stolen_percent()
+    record = {"machine": describe(), "cpu_stolen_percent": stolen, **payload}
+    (folder / f"{name}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    if table_lines is None:
+        return []
+    written = [*table_lines, *stolen_line(stolen)]
+    (folder / f"{name}.md").write_text("\n".join(written) + "\n")
+    print("\n".join(written))
+    return written
 
 
 def data_option(overrides: list[str]) -> str | None:

@@ -704,10 +704,10 @@ def main() -> None:
         "student_accuracies": built.student_accuracies,
         "loop": loop,
     }
-    save_results(name, payload, lines, folder)
+    written = save_results(name, payload, lines, folder)
     plot(rows, folder / f"{name}.png")
     if args.readme:
-        update_readme([*lines, "", f"![accuracy, latency and size of every row](benchmarks/results/{name}.png)"])
+        update_readme([*written, "", f"![accuracy, latency and size of every row](benchmarks/results/{name}.png)"])
 
 
 if __name__ == "__main__":

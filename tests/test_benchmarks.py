@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from benchmarks import common
 from benchmarks.memory import MAX_GROWTH, MAX_SLOPE_MIB_PER_EPOCH
 from tierkit.conf.validate import validate_train_config
 
@@ -186,7 +187,6 @@ def test_the_command_a_result_records_runs_again_with_the_same_arguments(monkeyp
 
 
 def test_a_stopped_compare_reuses_finished_runs_and_retrains_unfinished_ones(tmp_path, monkeypatch):
-    from benchmarks import common
     from tierkit.run_folder import ModelSummary, RunFolder, RunMetrics
 
     finished, stopped = tmp_path / "finished", tmp_path / "stopped"
@@ -484,3 +484,23 @@ def test_a_peer_fine_tune_is_the_same_whatever_the_process_drew_before(tmp_path)
         weights.append(parameters_to_vector(model.parameters()).detach())
     assert torch.equal(weights[0], weights[1])
     assert not torch.equal(weights[0], parameters_to_vector(start.parameters()).detach())
+
+
+def test_cpu_time_stolen_by_other_guests_is_read_from_proc_stat(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 10 0 5 35 7 0\ncpu0 50 0 25 400 5 0 2 17 3 0\n")
+    assert common.cpu_jiffies(stat) == (35, 1000)
+    assert common.cpu_jiffies(tmp_path / "absent") is None
+    assert common.stolen_percent((35, 1000), (135, 2000)) == 10.0
+    assert common.stolen_percent(None, (135, 2000)) is None
+    assert common.stolen_percent((35, 1000), (35, 1000)) is None
+
+
+def test_results_end_with_the_cpu_time_stolen_while_the_benchmark_ran(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "stolen_percent", lambda: 1.5)
+    written = common.save_results("probe", {"rows": []}, ["| a |"], tmp_path)
+    assert (tmp_path / "probe.md").read_text().splitlines() == written
+    assert written[0] == "| a |" and "stolen" in written[-1] and "1.50%" in written[-1]
+    assert json.loads((tmp_path / "probe.json").read_text())["cpu_stolen_percent"] == 1.5
+    monkeypatch.setattr(common, "stolen_percent", lambda: None)
+    assert common.save_results("bare", {}, ["| a |"], tmp_path) == ["| a |"]
