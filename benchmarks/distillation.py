@@ -33,6 +33,17 @@ def run(tier: str, seed: int, kd: bool, out: Path, extra: list[str]) -> dict:
     return finished_or_train(overrides, out)
 
 
+def int8_test_acc(metrics: dict) -> float | None:
+    """Test accuracy of the INT8 file the run's quantization stage chose (post-training, tuned or QAT): the file a
+    tier would ship. None when the run did not quantize."""
+    report = metrics.get("quantization")
+    return report[report["path"]]["test_acc"] if report else None
+
+
+def int8_cell(accuracies: list[float | None]) -> str:
+    return "-" if None in accuracies else spread(accuracies)
+
+
 def main() -> None:
     args = tiers_and_seeds(__doc__, resumable=True)
     silence_known_noise()
@@ -63,6 +74,8 @@ def main() -> None:
                     "alone_test_acc": test["alone"],
                     "kd_val_acc": val["kd"],
                     "alone_val_acc": val["alone"],
+                    "kd_int8_test_acc": [int8_test_acc(m) for m in results["kd"]],
+                    "alone_int8_test_acc": [int8_test_acc(m) for m in results["alone"]],
                     "kd_agreement": [m["student"]["agreement"] for m in results["kd"]],
                     "train_seconds": sum(m["train_seconds"] for runs in results.values() for m in runs),
                 }
@@ -75,8 +88,9 @@ def main() -> None:
         ),
         "",
         "| tier | student params | student MACs | teacher test acc "
-        "| student + KD (%) | student alone (%) | KD gain (points) | KD gain on validation (points) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| student + KD (%) | student alone (%) | KD gain (points) | KD gain on validation (points) "
+        "| INT8 file: KD / alone (%) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         gain = 100 * (statistics.mean(row["kd_test_acc"]) - statistics.mean(row["alone_test_acc"]))
@@ -84,7 +98,8 @@ def main() -> None:
         lines.append(
             f"| {row['tier']} | {row['student_params']:,} | {row['student_macs']:,} | "
             f"{100 * row['teacher_test_acc']:.2f}% | {spread(row['kd_test_acc'])} | {spread(row['alone_test_acc'])} | "
-            f"{gain:+.2f} | {val_gain:+.2f} |"
+            f"{gain:+.2f} | {val_gain:+.2f} | "
+            f"{int8_cell(row['kd_int8_test_acc'])} / {int8_cell(row['alone_int8_test_acc'])} |"
         )
     teacher = rows[0]
     lines += [
