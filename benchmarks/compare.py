@@ -305,6 +305,13 @@ def tier_overrides_name(base: str, tier_overrides: list[str]) -> str:
     return override_name(base, named)
 
 
+def lowend_epochs(scratch: Path, overrides: list[str], tier_overrides: list[str]) -> int:
+    """The epochs lowend's run trains for, its own tier overrides included: torch-pruning's fine-tune gets as many,
+    so the peer is never given a shorter schedule than the tier it is compared with."""
+    lowend = [*overrides, *overrides_for_tier("lowend", tier_overrides), "tier=lowend"]
+    return int(base_config(scratch, lowend).trainer.max_epochs)
+
+
 def build_files(
     scratch: Path, mode: Mode, tiers: Path | None, overrides: list[str], tier_overrides: list[str]
 ) -> Built:
@@ -324,8 +331,7 @@ def build_files(
         if cached
         else (time.perf_counter() - began, "trained in this run")
     }
-    lowend_epochs = int(base_config(scratch, [*overrides, "tier=lowend"]).trainer.max_epochs)
-    files, notes = teacher_rows(teacher, datamodule, scratch, mode, lowend_epochs)
+    files, notes = teacher_rows(teacher, datamodule, scratch, mode, lowend_epochs(scratch, overrides, tier_overrides))
     unpruned_fp32 = [*overrides, SCRATCH_STUDENT, "~callbacks.pruning", "quantization=off"]
     accuracies = {}
     for name, extra in (("student alone", ["distill.alpha=0"]), ("student + KD", [])):

@@ -270,6 +270,15 @@ def test_a_tier_override_with_a_tier_in_front_reaches_that_tier_alone():
     assert tier_overrides_name("tiers", given[:3]) == "tiers_30_lowend-separable_lowend-callbacks-pruning"
 
 
+def test_torch_pruning_fine_tunes_for_the_epochs_lowend_trains_for(tmp_path):
+    from benchmarks.compare import lowend_epochs
+
+    tier_default = lowend_epochs(tmp_path, [], [])
+    assert lowend_epochs(tmp_path, [], ["highend:trainer.max_epochs=3"]) == tier_default
+    assert lowend_epochs(tmp_path, [], ["lowend:trainer.max_epochs=40"]) == 40
+    assert lowend_epochs(tmp_path, [], ["trainer.max_epochs=7"]) == 7
+
+
 def test_every_pruning_benchmark_variant_is_a_valid_training_config(tmp_path):
     from benchmarks.common import SCRATCH_STUDENT
     from benchmarks.pruning import VARIANTS, overrides_for
