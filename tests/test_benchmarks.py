@@ -279,6 +279,16 @@ def test_torch_pruning_fine_tunes_for_the_epochs_lowend_trains_for(tmp_path):
     assert lowend_epochs(tmp_path, [], ["trainer.max_epochs=7"]) == 7
 
 
+def test_the_cache_pass_cell_says_when_the_cache_was_off():
+    from benchmarks.compare import one_off_pass
+
+    assert one_off_pass({"cache_used": True, "fit_start_s_cache": 3.5, "fit_start_s_no_cache": 1.25}) == "2.25"
+    # Augmented data turns the cache off: the two fit starts differ by noise only, never a figure for the pass.
+    assert one_off_pass({"cache_used": False, "fit_start_s_cache": 1.0, "fit_start_s_no_cache": 1.004}) == (
+        "none (cache off)"
+    )
+
+
 def test_every_pruning_benchmark_variant_is_a_valid_training_config(tmp_path):
     from benchmarks.common import SCRATCH_STUDENT
     from benchmarks.pruning import VARIANTS, overrides_for
