@@ -179,12 +179,27 @@ def test_finetune_mistakes_fail_before_training(tmp_path, args, message):
     assert not list(tmp_path.glob("outputs/**/checkpoints/*.ckpt"))
 
 
+def test_a_student_smaller_than_its_teacher_counts_as_compressed_without_pruning(tmp_path):
+    from tierkit.models.build import build_student
+    from tierkit.stages.finetune import check_compressed
+
+    # model=separable student=scratch ~callbacks.pruning: lowend's Fashion-MNIST recipe, compressed by size alone.
+    small = compose_train(tmp_path, "data=synthetic", "model=separable", "student=scratch", "~callbacks.pruning")
+    check_compressed(build_student(small), small, tmp_path / "best.ckpt")
+    # The derived student, unpruned, is the teacher itself: nothing to keep, refused with its size.
+    derived = compose_train(tmp_path, "data=synthetic", "student=from_teacher", "~callbacks.pruning")
+    with pytest.raises(TierkitError, match=r"as large as its teacher \([\d,]+ parameters\)"):
+        check_compressed(build_student(derived), derived, tmp_path / "best.ckpt")
+
+
 @pytest.mark.slow
 def test_uncompressed_source_or_mismatched_data_is_refused(pruned_run, tmp_path):
     root, source = pruned_run
     plain = tmp_path / "outputs" / "plain"
-    assert run_cli(tmp_path, *TINY, "~callbacks.pruning", f"hydra.run.dir={plain}").returncode == 0
+    # A student at the teacher's full width, never pruned: nothing compressed (a narrower one is, by its width).
+    full = ["tier.student_width=1.0", "~callbacks.pruning"]
+    assert run_cli(tmp_path, *TINY, *full, f"hydra.run.dir={plain}").returncode == 0
     result = run_cli(tmp_path, *TINY, "stage=finetune", f"from_run={plain}")
-    assert result.returncode == 2 and "neither pruned nor trained with QAT" in result.stdout + result.stderr
+    assert result.returncode == 2 and "as large as its teacher" in result.stdout + result.stderr
     result = run_cli(root, *TINY, "stage=finetune", f"from_run={source}", "data.num_classes=5")
     assert result.returncode == 2 and "student was trained on [1, 16, 16] with 4" in result.stdout + result.stderr

@@ -18,7 +18,7 @@ from torch import nn
 from tierkit.data.base import ArrayDataModule
 from tierkit.distill.teacher import find_run_teacher, load_teacher
 from tierkit.errors import TierkitError
-from tierkit.models.build import build_student, model_name
+from tierkit.models.build import build_model, build_student, model_name
 from tierkit.models.checkpoint import load_student, record_int8_path, shipped_int8_path
 from tierkit.models.qat import is_prepared, qat_settings
 from tierkit.models.structure import describe_structure
@@ -62,12 +62,19 @@ def source_checkpoint(run: RunFolder, checkpoint: str) -> Path:
 
 
 def check_compressed(student: nn.Module, config: DictConfig, path: Path) -> None:
-    """Refuse a student that was neither pruned nor quantization-aware: there is no compression to keep."""
+    """Refuse a student with no compression to keep: as large as its teacher, never pruned nor trained with QAT.
+
+    A small architecture distilled without pruning (lowend's ``model=separable`` on Fashion-MNIST) is compressed
+    by its size alone, and fine-tuning it is as legitimate as fine-tuning a pruned one."""
+    params = sum(p.numel() for p in student.parameters())
     unpruned = build_student(config, where=str(path))
-    pruned = sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in unpruned.parameters())
-    if not (pruned or is_prepared(student)):
+    teacher = build_model(config.model.teacher, config.data.input_shape, config.data.num_classes, "model.teacher")
+    pruned = params < sum(p.numel() for p in unpruned.parameters())
+    smaller = params < sum(p.numel() for p in teacher.parameters())
+    if not (pruned or smaller or is_prepared(student)):
         raise TierkitError(
-            f"{path} holds a student that was neither pruned nor trained with QAT",
+            f"{path} holds a student as large as its teacher ({params:,} parameters), neither pruned nor trained "
+            "with QAT",
             where="from_run",
             fix="fine-tune a compressed run (the default recipe prunes; check callbacks.pruning was not removed)",
         )
