@@ -192,6 +192,19 @@ def test_a_student_smaller_than_its_teacher_counts_as_compressed_without_pruning
         check_compressed(build_student(derived), derived, tmp_path / "best.ckpt")
 
 
+def test_the_tuned_student_is_quantized_with_the_source_runs_int8_layout(tmp_path):
+    from tierkit.stages.finetune import finetune_config
+
+    source = compose_train(
+        tmp_path, *FAST, "quantization=default", "quantization.float_first_layer=true", "quantization.per_channel=false"
+    )
+    today = compose_train(tmp_path, *FAST, "quantization=default", "quantization.calibration.method=entropy")
+    tuned = finetune_config(today, source).quantization
+    # The layers the source kept in float and its weight scales shape the INT8 graph: they come from the source.
+    assert tuned.float_first_layer is True and tuned.per_channel is False
+    assert tuned.calibration.method == "entropy", "calibration still follows today's command line"
+
+
 @pytest.mark.slow
 def test_uncompressed_source_or_mismatched_data_is_refused(pruned_run, tmp_path):
     root, source = pruned_run

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 SOURCE_SECTIONS = ("model", "student", "distill", "teacher", "tier")
 # Callbacks that would change the structure or the quantization: the source run already applied them.
 COMPRESSING_CALLBACKS = ("pruning", "qat")
+# Quantization settings that shape the INT8 graph: the tuned student is quantized as the source was (a first
+# layer the source kept in float stays float), while calibration and escalation follow today's command line.
+INT8_LAYOUT = ("float_first_layer", "per_channel", "reduce_range")
 
 
 def source_checkpoint(run: RunFolder, checkpoint: str) -> Path:
@@ -105,11 +108,15 @@ def teacher_if_present(run: RunFolder, source: DictConfig) -> Path | None:
 
 
 def finetune_config(cfg: DictConfig, source: DictConfig) -> DictConfig:
-    """Today's command line with the source run's model, distillation, teacher and tier, minus compressing callbacks."""
+    """Today's command line with the source run's model, distillation, teacher, tier and INT8 layout, minus
+    compressing callbacks."""
     cfg = cfg.copy()
     with open_dict(cfg):
         for section in SOURCE_SECTIONS:
             cfg[section] = source[section]
+        for key in INT8_LAYOUT:
+            if key in (source.get("quantization") or {}):
+                cfg.quantization[key] = source.quantization[key]
         cfg.callbacks = {k: v for k, v in (cfg.get("callbacks") or {}).items() if k not in COMPRESSING_CALLBACKS}
         cfg.trainer.max_epochs = cfg.finetune.epochs
     return cfg
