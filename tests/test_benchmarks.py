@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 from benchmarks import common
 from benchmarks.memory import MAX_GROWTH, MAX_SLOPE_MIB_PER_EPOCH
@@ -109,6 +110,27 @@ def test_readme_comparison_is_the_scripts_latest_output():
     assert plot, "the README's comparison block names no plot"
     table = (REPO / "benchmarks" / "results" / f"{plot.group(1)}.md").read_text().rstrip("\n")
     assert block.startswith(table)
+
+
+@pytest.mark.parametrize("tier", ["highend", "midrange", "lowend"])
+def test_each_tiers_fashion_mnist_experiment_is_the_readme_comparisons_run_of_that_tier(tmp_path, tier):
+    """experiment=fashion_mnist_<tier> composes to what the README's comparison trained as that tier (its data
+    and --tier-overrides), so one override reproduces the row. Only the run's name may differ, and a callback
+    the comparison removed (~callbacks.pruning) is null in the experiment."""
+    from benchmarks.compare import overrides_for_tier
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- compare:start -->\n", 1)[1]
+    plot = re.search(r"\(benchmarks/results/(compare[\w-]*)\.png\)", block)
+    compared = json.loads((REPO / "benchmarks" / "results" / f"{plot.group(1)}.json").read_text())
+    own = overrides_for_tier(tier, compared["tier_overrides"])
+    from_comparison = OmegaConf.to_container(compose_train(tmp_path, f"data={compared['data']}", f"tier={tier}", *own))
+    from_experiment = OmegaConf.to_container(compose_train(tmp_path, f"experiment=fashion_mnist_{tier}"))
+    assert from_experiment.pop("task_name") == f"fashion_mnist_{tier}"
+    from_comparison.pop("task_name")
+    removed = [o.removeprefix("~callbacks.") for o in own if o.startswith("~callbacks.")]
+    assert [from_experiment["callbacks"].pop(name) for name in removed] == [None] * len(removed)
+    assert from_experiment == from_comparison
 
 
 @pytest.mark.slow

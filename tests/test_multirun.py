@@ -331,7 +331,12 @@ TIERS = "highend, lowend, midrange"
             "resnett",
             "cnn, cnn1d, mlp, mobilenetv2, resnet, separable",
         ),
-        (["experiment=null,resnet_cifar1O"], "experiment", "resnet_cifar1O", "no_kd, resnet_cifar10"),
+        (
+            ["experiment=null,resnet_cifar1O"],
+            "experiment",
+            "resnet_cifar1O",
+            "fashion_mnist_highend, fashion_mnist_lowend, fashion_mnist_midrange, no_kd, resnet_cifar10",
+        ),
         (["hparams_search=accuracy", "tier=choice(lowend,ultra)"], "tier", "ultra", TIERS),
         (["hparams_search=accuracy", "+hydra.sweeper.params.tier='choice(lowend, ultra)'"], "tier", "ultra", TIERS),
     ],
