@@ -102,13 +102,19 @@ def test_quick_mode_refuses_to_overwrite_the_readme_or_results():
     assert "--quick needs --out" in result.stderr
 
 
-def test_readme_comparison_is_the_scripts_latest_output():
+def readme_comparison() -> tuple[str, str]:
+    """The README's comparison block, and the results file it was written from (without its extension)."""
     readme = (REPO / "README.md").read_text()
     block = readme.split("<!-- compare:start -->\n", 1)[1].split("\n<!-- compare:end -->", 1)[0]
     # The block ends with its plot, benchmarks/results/compare[_<data>].png: the table beside it is the source.
     plot = re.search(r"\(benchmarks/results/(compare[\w-]*)\.png\)", block)
     assert plot, "the README's comparison block names no plot"
-    table = (REPO / "benchmarks" / "results" / f"{plot.group(1)}.md").read_text().rstrip("\n")
+    return block, plot.group(1)
+
+
+def test_readme_comparison_is_the_scripts_latest_output():
+    block, name = readme_comparison()
+    table = (REPO / "benchmarks" / "results" / f"{name}.md").read_text().rstrip("\n")
     assert block.startswith(table)
 
 
@@ -119,10 +125,7 @@ def test_each_tiers_fashion_mnist_experiment_is_the_readme_comparisons_run_of_th
     the comparison removed (~callbacks.pruning) is null in the experiment."""
     from benchmarks.compare import overrides_for_tier
 
-    readme = (REPO / "README.md").read_text()
-    block = readme.split("<!-- compare:start -->\n", 1)[1]
-    plot = re.search(r"\(benchmarks/results/(compare[\w-]*)\.png\)", block)
-    compared = json.loads((REPO / "benchmarks" / "results" / f"{plot.group(1)}.json").read_text())
+    compared = json.loads((REPO / "benchmarks" / "results" / f"{readme_comparison()[1]}.json").read_text())
     own = overrides_for_tier(tier, compared["tier_overrides"])
     from_comparison = OmegaConf.to_container(compose_train(tmp_path, f"data={compared['data']}", f"tier={tier}", *own))
     from_experiment = OmegaConf.to_container(compose_train(tmp_path, f"experiment=fashion_mnist_{tier}"))
