@@ -50,6 +50,7 @@ from tierkit.utils.noise import silence_known_noise
 
 FORCED_QAT = (
     "tier=lowend",
+    SCRATCH_STUDENT,
     "model.student._target_=tierkit.models.MobileNetV2",
     "~model.student.base_channels",
     "quantization.per_channel=false",

@@ -136,6 +136,17 @@ def test_each_tiers_fashion_mnist_experiment_is_the_readme_comparisons_run_of_th
     assert from_experiment == from_comparison
 
 
+def test_the_forced_qat_run_trains_the_mobilenet_student_it_names(tmp_path):
+    """The forced QAT run names a MobileNetV2 student; with the default student=from_teacher that name would be
+    ignored and the run would prune the teacher instead, so its overrides must pick the scratch student."""
+    from benchmarks.quantization import FORCED_QAT
+
+    cfg = compose_train(tmp_path, *FORCED_QAT)
+    assert cfg.student.init == "scratch"
+    assert cfg.model.student._target_ == "tierkit.models.MobileNetV2"
+    assert cfg.quantization.escalation.enabled is False
+
+
 @pytest.mark.slow
 def test_quick_memory_records_every_epoch(tmp_path):
     result = subprocess.run(
