@@ -137,8 +137,8 @@ def test_each_tiers_fashion_mnist_experiment_is_the_readme_comparisons_run_of_th
 
 
 def test_the_forced_qat_run_trains_the_mobilenet_student_it_names(tmp_path):
-    """The forced QAT run names a MobileNetV2 student; with the default student=from_teacher that name would be
-    ignored and the run would prune the teacher instead, so its overrides must pick the scratch student."""
+    """The forced QAT run names a MobileNetV2 student, which only student=scratch builds: under the default
+    student=from_teacher, validation refuses the run's model.student overrides."""
     from benchmarks.quantization import FORCED_QAT
 
     cfg = compose_train(tmp_path, *FORCED_QAT)
